@@ -1,0 +1,46 @@
+"""Command line: `blockpull-exporter {run,check,plan,status}`.
+
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`.
+Those modules import libvirt only inside their functions, so `check` never needs libvirt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from exporter import __version__
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("exporter.run_command", "run the daemon: reconcile the host toward the policy"),
+    "check": ("exporter.check_command", "validate policy files, like `promtool check config`"),
+    "plan": ("exporter.plan_command", "show what the daemon would do now and why; acts on nothing"),
+    "status": ("exporter.status_command", "show running pulls with progress, rate, ETA, backlog"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockpull-exporter",
+        description="Drive libvirt block pulls from a declarative policy; export Prometheus "
+        "metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(SUBCOMMANDS[args.command][0])
+    return int(module.main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
