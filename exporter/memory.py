@@ -37,8 +37,10 @@ class Memory:
     def with_failure(self, key: DiskKey, now: float, disk_fp: str, policy_fp: str) -> Memory:
         previous = self.failures.get(key)
         count = 1
-        if previous and previous.disk_fingerprint == disk_fp and (
-            previous.policy_fingerprint == policy_fp
+        if (
+            previous
+            and previous.disk_fingerprint == disk_fp
+            and (previous.policy_fingerprint == policy_fp)
         ):
             count = previous.count + 1
         failures = {**self.failures, key: Failures(count, now, disk_fp, policy_fp)}

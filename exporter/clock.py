@@ -1,0 +1,70 @@
+"""Time, injected: the controller never calls `time` or waits on its own.
+
+`SystemClock` is the real thing. Tests pass a `ManualClock`, whose `wait` advances time
+instead of sleeping, so a whole day of windows runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+class Clock(Protocol):
+    def time(self) -> float:
+        """Epoch seconds."""
+        ...
+
+    def monotonic(self) -> float: ...
+
+    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
+        """The next item of `inbox`, or None once `timeout` seconds have passed."""
+        ...
+
+
+def now_of(clock: Clock) -> datetime:
+    return datetime.fromtimestamp(clock.time(), UTC)
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
+        try:
+            return inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+
+@dataclass
+class ManualClock:
+    """A clock that only moves when told to, or when something waits on it."""
+
+    epoch: float = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+    mono: float = field(default=0.0)
+
+    def time(self) -> float:
+        return self.epoch
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.epoch += seconds
+        self.mono += seconds
+
+    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
+        try:
+            return inbox.get_nowait()
+        except queue.Empty:
+            self.advance(max(0.0, timeout))
+            return None
