@@ -76,6 +76,7 @@ class StateStore:
         self.path = directory / "state.json"
 
     def load(self) -> Memory:
+        """The memory; a corrupt file is moved aside (kept for a post-mortem) and ignored."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -91,6 +92,13 @@ class StateStore:
                 error,
                 aside,
             )
+            return Memory()
+
+    def load_readonly(self) -> Memory:
+        """The memory for commands that act on nothing: any problem reads as empty."""
+        try:
+            return decode(json.loads(self.path.read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError):
             return Memory()
 
     def save(self, memory: Memory) -> None:
