@@ -127,8 +127,8 @@ def backoff_delay(retry: Retry, count: int) -> float:
     """Seconds to wait after `count` consecutive failures: doubling, capped at max_backoff."""
     if count <= 0:
         return 0.0
-    # A float power never raises: past ~2**1023 it becomes inf and the cap takes over.
-    return min(retry.backoff * 2.0 ** min(count - 1, 1100), retry.max_backoff)
+    # 2.0**1000 is finite and float products overflow to inf, not an error: the cap wins.
+    return min(retry.backoff * 2.0 ** min(count - 1, 1000), retry.max_backoff)
 
 
 def _datetime_at(ts: float, tz: tzinfo | None) -> datetime:

@@ -13,8 +13,10 @@ Values are built directly (no YAML), with the loader's defaults: bandwidth in by
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, time
 
+from exporter.decisions import Action, SetSpeed, StartPull
 from exporter.memory import Failures, Memory
 from exporter.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
 from exporter.policy import (
@@ -192,3 +194,32 @@ def memory(*failures: tuple[DiskKey, Failures]) -> Memory:
 
 def key(domain: str, disk: str = "vda") -> DiskKey:
     return DiskKey(domain, disk)
+
+
+def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
+    """The host after a perfect host applied `actions` in order (pure; asserts they make sense).
+
+    A start creates a pull job at the given speed (None -> 0, unlimited), a speed change
+    replaces the job's bandwidth, an abort removes the job.
+    """
+    jobs = {key: d.job for key, (_, d) in obs.disks().items()}
+    for action in actions:
+        current = jobs[action.key]
+        if isinstance(action, StartPull):
+            assert current is None, f"start on busy disk {action.key}"
+            jobs[action.key] = BlockJob(JobType.PULL, 0, 100 * MiB, action.bandwidth or 0)
+        elif isinstance(action, SetSpeed):
+            assert current is not None and current.type is JobType.PULL, action
+            jobs[action.key] = replace(current, bandwidth=action.bandwidth or 0)
+        else:
+            assert current is not None and current.type is JobType.PULL, action
+            jobs[action.key] = None
+    return Observation(
+        tuple(
+            replace(
+                dom,
+                disks=tuple(replace(d, job=jobs[DiskKey(dom.name, d.target)]) for d in dom.disks),
+            )
+            for dom in obs.domains
+        )
+    )
