@@ -176,6 +176,9 @@ def _compose(text: str, checker: _Checker) -> Node | None:
         mark = error.problem_mark or error.context_mark
         problem = "; ".join(part for part in (error.context, error.problem) if part)
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        start = error.context_mark
+        if start is not None and error.context and start.line + 1 != line:
+            problem += f" (the construct started on line {start.line + 1})"
         checker.add(line, column, "", f"YAML syntax error: {problem or error}")
         return None
     except yaml.YAMLError as error:

@@ -63,9 +63,9 @@ def parse_duration(text: str) -> float:
     parts = _DURATION_PART_RE.findall(stripped)
     if not stripped or "".join(number + unit for number, unit in parts) != stripped:
         raise ValueError(f"{text!r} is not a duration; {_DURATION_FORMS}")
-    units = [unit for _, unit in parts]
-    if len(set(units)) != len(units):
-        raise ValueError(f"{text!r} repeats a unit; {_DURATION_FORMS}")
+    order = [list(_DURATION_UNITS).index(unit) for _, unit in parts]
+    if order != sorted(set(order)):
+        raise ValueError(f"{text!r} repeats a unit or has them out of order; {_DURATION_FORMS}")
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
 
 

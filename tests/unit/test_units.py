@@ -49,9 +49,10 @@ def test_parse_duration_rejects_malformed_text_naming_the_accepted_forms(text: s
         parse_duration(text)
 
 
-def test_parse_duration_rejects_a_repeated_unit() -> None:
-    with pytest.raises(ValueError, match="repeats a unit"):
-        parse_duration("1m1m")
+@pytest.mark.parametrize("text", ["1m1m", "30m1h"])
+def test_parse_duration_rejects_repeated_or_unordered_units(text: str) -> None:
+    with pytest.raises(ValueError, match="repeats a unit or has them out of order"):
+        parse_duration(text)
 
 
 @pytest.mark.parametrize(
