@@ -27,8 +27,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -121,6 +120,7 @@ class Latency:
         return self.call == 0.0 and self.domain_xml == 0.0 and self.job_info == 0.0
 
 
+NO_LATENCY = Latency()
 # Measured on libvirt 9.0 (DESIGN.md): live XML ~0.1 ms per domain, blockJobInfo ~0.12 ms.
 LIBVIRT_9_LATENCY = Latency(call=0.0001, domain_xml=0.0001, job_info=0.00012)
 
@@ -240,7 +240,7 @@ class SimulatedHost:
         clock: Clock | None = None,
         start: float = DEFAULT_EPOCH,
         device_speed: int = GiB,
-        latency: Latency = Latency(),
+        latency: Latency = NO_LATENCY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`clock`: follow this clock's `time()`; None: own the time, starting at `start`.
@@ -666,7 +666,7 @@ class SimulatedHost:
         state: Mapping[str, Any],
         *,
         clock: Clock | None = None,
-        latency: Latency = Latency(),
+        latency: Latency = NO_LATENCY,
         sleep: Callable[[float], None] = time.sleep,
     ) -> SimulatedHost:
         """Rebuild a host from `to_state()`; an injected clock then catches up from its `now`."""
@@ -774,27 +774,18 @@ class SimulatedHost:
 
     # -- internals --------------------------------------------------------------------------
 
-    @contextmanager
-    def _op(self, *, mutating: bool, call: str | None = None) -> Iterator[None]:
+    def _op(self, *, mutating: bool, call: str | None = None) -> _Operation:
         """One operation: under the lock, caught up with the clock; events delivered after.
 
         `call` names a Host protocol call: it is counted and fails while disconnected.
         """
-        try:
-            with self._lock, self._persistence(mutating=mutating):
-                self._catch_up_locked()
-                if call is not None:
-                    self._calls[call] += 1
-                    if not self._connected:
-                        raise HostError(ErrorReason.CONNECTION, "cannot reach libvirtd")
-                yield
-        finally:
-            self._flush()
+        return _Operation(self, mutating, call)
 
-    @contextmanager
-    def _persistence(self, *, mutating: bool) -> Iterator[None]:
-        """Hook for a host whose state lives elsewhere (exporter.sim_uri): load, then save."""
-        yield
+    def _begin_persistence(self, mutating: bool) -> None:
+        """Hook for a host whose state lives elsewhere (exporter.sim_uri): lock and load."""
+
+    def _end_persistence(self, mutating: bool) -> None:
+        """Hook: save (when `mutating`) and unlock. Runs whenever the begin hook succeeded."""
 
     def _flush(self) -> None:
         with self._lock:
@@ -911,6 +902,46 @@ class SimulatedHost:
                 disk.copied = max(disk.copied, int(done))
         if outcome is not None:
             self._emit(JobEvent(job.key, job.type, outcome))
+
+
+class _Operation:
+    """The context manager behind `SimulatedHost._op`.
+
+    A class, not @contextmanager: contextlib assigns `__traceback__` to exceptions passing
+    through a generator, which a frozen-dataclass exception such as HostError refuses.
+    """
+
+    __slots__ = ("call", "host", "mutating")
+
+    def __init__(self, host: SimulatedHost, mutating: bool, call: str | None) -> None:
+        self.host, self.mutating, self.call = host, mutating, call
+
+    def __enter__(self) -> None:
+        host = self.host
+        host._lock.acquire()
+        try:
+            host._begin_persistence(self.mutating)
+            try:
+                host._catch_up_locked()
+                if self.call is not None:
+                    host._calls[self.call] += 1
+                    if not host._connected:
+                        raise HostError(ErrorReason.CONNECTION, "cannot reach libvirtd")
+            except BaseException:
+                host._end_persistence(self.mutating)
+                raise
+        except BaseException:
+            host._lock.release()
+            host._flush()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        host = self.host
+        try:
+            host._end_persistence(self.mutating)
+        finally:
+            host._lock.release()
+            host._flush()
 
 
 def _add_disk(domain: _DomainState, disk: SimDisk) -> None:
