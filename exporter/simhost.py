@@ -275,6 +275,8 @@ class SimulatedHost:
     @property
     def clock(self) -> SimClock:
         """A Clock for the controller under test, driven by this host's time."""
+        if self._external is not None:
+            raise ValueError("this host follows an injected clock; use that one")
         return SimClock(self)
 
     def now(self) -> float:
@@ -604,6 +606,11 @@ class SimulatedHost:
         with self._lock:
             return {kind: self._calls[kind] for kind in CALL_KINDS}
 
+    @property
+    def call_counts(self) -> dict[str, int]:
+        """The same snapshot as `calls()`."""
+        return self.calls()
+
     def reset_calls(self) -> None:
         with self._lock:
             self._calls.clear()
@@ -875,6 +882,13 @@ class SimulatedHost:
         job.version += 1
         self._seq += 1
         heapq.heappush(self._heap, (job.finish_time(), self._seq, job.key, job.version))
+        if len(self._heap) > 2 * len(self._jobs) + 64:  # many speed changes: drop stale entries
+            self._heap = [
+                entry
+                for entry in self._heap
+                if (live := self._jobs.get(entry[2])) is not None and live.version == entry[3]
+            ]
+            heapq.heapify(self._heap)
 
     def _reach_end_locked(self, job: _Job) -> None:
         if job.type in _MIRROR_TYPES:

@@ -751,6 +751,21 @@ def test_host_clock_wait_returns_none_after_the_timeout() -> None:
     assert (host.clock.wait(inbox, 5), host.clock.monotonic() - DEFAULT_EPOCH) == (None, 5)
 
 
+def test_host_following_an_injected_clock_offers_no_clock_of_its_own() -> None:
+    with pytest.raises(ValueError, match="injected clock"):
+        _ = SimulatedHost(clock=ManualClock()).clock
+
+
+def test_many_speed_changes_keep_the_completion_instant_exact() -> None:
+    host = web_host(size=(50 * MiB, 50 * MiB))
+    sink = Recorder(host)
+    host.start_pull(VDA, None, 10 * MiB)
+    for _ in range(500):
+        host.set_speed(VDA, 10 * MiB)
+    host.advance(60)
+    assert sink.times == [pytest.approx(10)]
+
+
 def test_injected_clock_drives_progress() -> None:
     clock = ManualClock()
     host = SimulatedHost(clock=clock, device_speed=100 * MiB)
