@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -120,10 +120,14 @@ class ErrorReason(StrEnum):
     OTHER = "other"
 
 
-@dataclass(frozen=True)
 class HostError(Exception):
-    reason: ErrorReason
-    message: str = field(default="")
+    """A host call failed. A plain exception (not a frozen dataclass): Python must be able to
+    set `__traceback__` on it, e.g. when it passes through a `contextmanager`."""
+
+    def __init__(self, reason: ErrorReason, message: str = "") -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}" if self.message else str(self.reason)
