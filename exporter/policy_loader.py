@@ -276,6 +276,9 @@ class _Checker:
     def string(self, node: Node, path: str, what: str = "a string") -> str | None:
         if isinstance(node, ScalarNode) and node.tag == _STR:
             return str(node.value)
+        if isinstance(node, ScalarNode) and node.tag == _NULL and node.value in ("", "~"):
+            self.at(node, path, f"has no value; expected {what}")
+            return None
         if isinstance(node, ScalarNode) and node.style is None and node.tag in _KIND:
             kind = _describe(node)
             yaml_version = " 1.1" if node.value.lower() in _YAML11_ONLY else ""

@@ -128,6 +128,14 @@ def test_quoted_yaml11_boolean_is_a_fine_name() -> None:
     assert parse_policy('version: 1\nrules:\n  - name: "no"\n', "p").rules[0].name == "no"
 
 
+def test_key_without_a_value_says_so() -> None:
+    issue = only_issue("version: 1\ntimezone:\n")
+    assert (issue.yaml_path, issue.message) == (
+        "timezone",
+        "has no value; expected a time zone name (a string)",
+    )
+
+
 def test_octal_looking_integer_is_refused() -> None:
     issue = only_issue("version: 1\ndefaults: {max_concurrent: 010}\n")
     assert issue.yaml_path == "defaults.max_concurrent"
