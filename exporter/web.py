@@ -41,6 +41,8 @@ DEFAULT_LISTEN_ADDRESS = ":9855"
 
 REALM = "blockpull-exporter"
 _ALLOW = "GET, HEAD"
+_TEXT = "text/plain; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
 _HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
 _IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may idle (Prometheus scrapes every 15-60 s)
 _AUTH_CACHE_SIZE = 256  # successful (user, password) checks remembered
@@ -354,6 +356,8 @@ def _handshake(
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
+    # Answer garbage with a real status line, never an HTTP/0.9 bare body.
+    default_request_version = "HTTP/1.0"
     server_version = "blockpull-exporter"
     timeout = _IDLE_TIMEOUT
     server: _Server
@@ -384,24 +388,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, *, head: bool) -> None:
         if not self._authorized():
             return
-        path = urlsplit(self.path).path
-        app = self.server.app
         try:
-            if path == "/metrics":
-                body = app.metrics()
-                extra: tuple[tuple[str, str], ...] = (("Vary", "Accept-Encoding"),)
-                if _accepts_gzip(self.headers.get("Accept-Encoding")):
-                    body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
-                    extra += (("Content-Encoding", "gzip"),)
-                self._respond(HTTPStatus.OK, body, CONTENT_TYPE, extra, head=head)
-            elif path == "/":
-                page = app.landing_page().encode("utf-8")
-                self._respond(HTTPStatus.OK, page, "text/html; charset=utf-8", head=head)
-            else:
-                self._respond(HTTPStatus.NOT_FOUND, b"Not found; try /metrics.\n", head=head)
-        except Exception:
-            log.exception("serving %s failed", path)
-            self._respond(HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal error.\n", head=head)
+            response = self._route(urlsplit(self.path).path)
+        except Exception:  # a bug in a callback: answer 500, keep serving
+            log.exception("serving %s failed", self.path)
+            response = (HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal error.\n", _TEXT, ())
+        # Outside the try: a client gone mid-write is the server's business (handle_error).
+        self._respond(*response, head=head)
+
+    def _route(self, path: str) -> tuple[HTTPStatus, bytes, str, tuple[tuple[str, str], ...]]:
+        app = self.server.app
+        if path == "/metrics":
+            body = app.metrics()
+            extra: tuple[tuple[str, str], ...] = (("Vary", "Accept-Encoding"),)
+            if _accepts_gzip(self.headers.get("Accept-Encoding")):
+                body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
+                extra += (("Content-Encoding", "gzip"),)
+            return HTTPStatus.OK, body, CONTENT_TYPE, extra
+        if path == "/":
+            return HTTPStatus.OK, app.landing_page().encode("utf-8"), _HTML, ()
+        return HTTPStatus.NOT_FOUND, b"Not found; try /metrics.\n", _TEXT, ()
 
     def _authorized(self) -> bool:
         if self.server.app.authorized(self.headers.get("Authorization")):
@@ -418,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
         self,
         status: HTTPStatus,
         body: bytes,
-        content_type: str = "text/plain; charset=utf-8",
+        content_type: str = _TEXT,
         extra: tuple[tuple[str, str], ...] = (),
         *,
         head: bool = False,
