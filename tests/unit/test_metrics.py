@@ -323,3 +323,16 @@ def test_promtool_check_metrics_finds_nothing_to_complain_about(snapshot: Snapsh
         [promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, b"", b"")
+
+
+def test_outcome_counters_keep_ignored_disks_with_counts() -> None:
+    key = DiskKey("db-1", "vda")
+    snapshot = s.snapshot(
+        s.plan([s.decision("db-1", rule="databases", state=DiskState.IGNORED)]),
+        counters=Counters(started={key: 1}, aborted={(key, AbortReason.EXTERNAL): 1}),
+    )
+    assert values(snapshot, "blockpull_jobs_started_total") == {disk("db-1"): 1}
+    assert values(snapshot, "blockpull_jobs_aborted_total") == {
+        (*disk("db-1"), ("reason", "external")): 1,
+        (*disk("db-1"), ("reason", "window_closed")): 0,
+    }

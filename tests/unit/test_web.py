@@ -464,3 +464,16 @@ def test_stop_releases_the_port() -> None:
         port = server.port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_optional_client_certificate_lets_clients_without_one_in(tmp_path: Path, pki: Pki) -> None:
+    config = tls_config(
+        tmp_path,
+        pki,
+        f"  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: {pki.ca_cert}\n",
+    )
+    stranger = client_context(pki, pki.other_client_cert, pki.other_client_key)
+    with serving(config) as server:
+        assert request(server, context=client_context(pki))[0] == 200
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            request(server, context=stranger)
