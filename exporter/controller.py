@@ -137,13 +137,13 @@ class Controller:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Reconcile until a Shutdown arrives in the inbox."""
+    def run(self, until: float | None = None) -> None:
+        """Reconcile until a Shutdown arrives, or until the clock's monotonic time `until`."""
         self.step([])
         self._notifier.ready()
-        while True:
-            timeout = self.next_deadline() - self._clock.monotonic()
-            first = self._clock.wait(self.inbox, timeout)
+        while until is None or self._clock.monotonic() < until:
+            deadline = self.next_deadline() if until is None else min(self.next_deadline(), until)
+            first = self._clock.wait(self.inbox, deadline - self._clock.monotonic())
             wakes = [first] if first is not None else []
             wakes.extend(self._drain())
             if any(isinstance(wake, Shutdown) for wake in wakes):

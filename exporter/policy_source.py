@@ -6,6 +6,7 @@ the landing page and `status`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,12 @@ class ReloadResult:
     error: str | None  # the reload failed; the previous policy stays
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
+def _digest(path: Path) -> str | None:
+    """The file's content hash: a policy is tiny, and mtimes can tie within a tick."""
     try:
-        st = path.stat()
+        return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class PolicySource:
@@ -35,14 +36,14 @@ class PolicySource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._signature = _signature(path)
+        self._digest = _digest(path)
         self.policy: Policy = load_policy(path)
 
     def changed_on_disk(self) -> bool:
-        return _signature(self.path) != self._signature
+        return _digest(self.path) != self._digest
 
     def reload(self) -> ReloadResult:
-        self._signature = _signature(self.path)
+        self._digest = _digest(self.path)
         try:
             policy = load_policy(self.path)
         except PolicyError as error:
