@@ -15,14 +15,14 @@ it is scraped, and appends the process_* metrics, which change between scrapes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
-from exporter.decisions import AbortReason, DiskDecision, DiskState
+from exporter.decisions import AbortReason, DiskState
 from exporter.model import DiskKey
 from exporter.snapshot import Counters, Histogram, Snapshot
 
@@ -39,77 +39,102 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+_DISK = ("disk", "domain")
+_DISK_REASON = ("disk", "domain", "reason")
+
+
 class Labels:
-    """Label pairs sorted by name, with their exposition text rendered once and shared."""
+    """Label names (sorted) and values, with their exposition text rendered once and shared.
 
-    __slots__ = ("pairs", "text")
+    Two objects per label set (this and its values tuple): at 4,000 disks every allocation
+    shows up in render time, mostly as garbage-collector passes.
+    """
 
-    def __init__(self, pairs: tuple[tuple[str, str], ...]) -> None:
-        self.pairs = pairs
-        inner = ",".join(f'{name}="{_escape(value)}"' for name, value in pairs)
-        self.text = f"{{{inner}}}" if inner else ""
+    __slots__ = ("names", "text", "values")
+
+    def __init__(self, names: tuple[str, ...], values: tuple[str, ...], text: str) -> None:
+        self.names = names
+        self.values = values
+        self.text = text
 
     @classmethod
     def of(cls, **labels: str) -> Labels:
-        return cls(tuple(sorted(labels.items())))
+        names = tuple(sorted(labels))
+        values = tuple(labels[n] for n in names)
+        inner = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
+        return cls(names, values, f"{{{inner}}}" if inner else "")
 
     @classmethod
     def disk(cls, key: DiskKey) -> Labels:
-        # The hot path (thousands per render): skip the generic join.
-        labels = cls.__new__(cls)
-        labels.pairs = (("disk", key.disk), ("domain", key.domain))
-        labels.text = f'{{disk="{_escape(key.disk)}",domain="{_escape(key.domain)}"}}'
-        return labels
+        disk, domain = key.disk, key.domain
+        return cls(_DISK, (disk, domain), f'{{disk="{_escape(disk)}",domain="{_escape(domain)}"}}')
 
     def with_reason(self, reason: str) -> Labels:
-        """These disk labels plus `reason`, which sorts after `disk` and `domain`."""
-        labels = Labels.__new__(Labels)
-        labels.pairs = (*self.pairs, ("reason", reason))
-        labels.text = f'{self.text[:-1]},reason="{_escape(reason)}"}}'
-        return labels
+        """Disk labels plus `reason`, which sorts after `disk` and `domain`."""
+        return Labels(
+            _DISK_REASON, (*self.values, reason), f'{self.text[:-1]},reason="{_escape(reason)}"}}'
+        )
+
+    @property
+    def pairs(self) -> dict[str, str]:
+        return dict(zip(self.names, self.values, strict=True))
 
     def __repr__(self) -> str:
         return f"Labels({self.text})"
 
 
-NO_LABELS = Labels(())
+NO_LABELS = Labels((), (), "")
 
 
 @dataclass(frozen=True, slots=True)
 class Family:
-    """One metric family; a counter's `name` excludes `_total`, its samples' suffix adds it."""
+    """One metric family: parallel lists of labels and values (no per-sample tuples).
+
+    A counter's `name` excludes `_total`; its samples add it. Only histograms need a suffix
+    per sample (`_bucket`, `_count`, `_sum`).
+    """
 
     name: str
     type: str  # gauge | counter | histogram
     help: str
-    samples: list[tuple[str, Labels, float]]  # (suffix, labels, value)
+    labels: list[Labels]
+    values: list[float]
+    suffixes: list[str] | None = None
 
     @property
     def exposed_name(self) -> str:
         return f"{self.name}_total" if self.type == "counter" else self.name
 
+    def samples(self) -> Iterator[tuple[str, Labels, float]]:
+        """(sample name, labels, value) in exposition order."""
+        if self.suffixes is None:
+            name = self.exposed_name
+            for labels, value in zip(self.labels, self.values, strict=True):
+                yield name, labels, value
+        else:
+            for suffix, labels, value in zip(self.suffixes, self.labels, self.values, strict=True):
+                yield self.name + suffix, labels, value
 
-def _gauge(name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> Family:
-    return Family(name, "gauge", help_text, [("", labels, value) for labels, value in samples])
+
+def _gauge(name: str, help_text: str, labels: list[Labels], values: list[float]) -> Family:
+    return Family(name, "gauge", help_text, labels, values)
 
 
-def _counter(name: str, help_text: str, samples: Iterable[tuple[Labels, float]]) -> Family:
-    return Family(
-        name, "counter", help_text, [("_total", labels, value) for labels, value in samples]
-    )
+def _single(name: str, help_text: str, value: float) -> Family:
+    return Family(name, "gauge", help_text, [NO_LABELS], [value])
 
 
 def _histogram(name: str, help_text: str, hist: Histogram) -> Family:
-    samples: list[tuple[str, Labels, float]] = [
-        ("_bucket", Labels.of(le=floatToGoString(bound)), float(count))
-        for bound, count in zip(hist.bounds, hist.counts, strict=True)
-    ]
+    labels = [Labels.of(le=floatToGoString(bound)) for bound in hist.bounds]
+    values = [float(count) for count in hist.counts]
     if not hist.bounds or hist.bounds[-1] != INF:
-        samples.append(("_bucket", Labels.of(le="+Inf"), float(hist.count)))
+        labels.append(Labels.of(le="+Inf"))
+        values.append(float(hist.count))
     # Same order as prometheus_client's HistogramMetricFamily: buckets, count, sum.
-    samples.append(("_count", NO_LABELS, float(hist.count)))
-    samples.append(("_sum", NO_LABELS, float(hist.total)))
-    return Family(name, "histogram", help_text, samples)
+    suffixes = ["_bucket"] * len(labels) + ["_count", "_sum"]
+    labels += [NO_LABELS, NO_LABELS]
+    values += [float(hist.count), float(hist.total)]
+    return Family(name, "histogram", help_text, labels, values, suffixes)
 
 
 def _bandwidth(value: int | None) -> float:
@@ -122,12 +147,13 @@ def _families(snapshot: Snapshot | None, version: str) -> list[Family]:
         _gauge(
             "blockpull_build_info",
             "Version of blockpull-exporter; the value is always 1.",
-            [(Labels.of(version=version), 1.0)],
+            [Labels.of(version=version)],
+            [1.0],
         ),
-        _gauge(
+        _single(
             "blockpull_libvirt_up",
             "1 if the last reconcile reached libvirtd, 0 if not (also 0 before the first).",
-            [(NO_LABELS, 1.0 if snapshot is not None and snapshot.libvirt_up else 0.0)],
+            1.0 if snapshot is not None and snapshot.libvirt_up else 0.0,
         ),
     ]
     if snapshot is None:
@@ -138,55 +164,54 @@ def _families(snapshot: Snapshot | None, version: str) -> list[Family]:
     families += _counter_families(snapshot, disks)
     if snapshot.plan is not None:
         families += _plan_families(snapshot, disks)
+    images = sorted(snapshot.backing_dependents.items())
     families.append(
         _gauge(
             "blockpull_backing_image_dependents",
             "Disks on this host whose backing chain includes the image.",
-            [
-                (Labels.of(image=image), float(count))
-                for image, count in sorted(snapshot.backing_dependents.items())
-            ],
+            [Labels.of(image=image) for image, _ in images],
+            [float(count) for _, count in images],
         )
     )
     return families
 
 
 class _Disks:
-    """Per render: the disks a rule selects, each with its labels built once.
-
-    A 4,000-disk host makes every per-disk hash and allocation count, hence the care.
-    """
+    """Per render: the disks a rule selects (plan order, sorted by key), labels built once."""
 
     def __init__(self, snapshot: Snapshot) -> None:
         decisions = snapshot.plan.decisions if snapshot.plan is not None else ()
-        # In the plan's order (sorted by key); ignored disks have a rule but are never touched.
-        self.selected: list[tuple[DiskDecision, Labels]] = [
-            (d, Labels.disk(d.key))
-            for d in decisions
-            if d.rule is not None and d.state is not _IGNORED
-        ]
-        self._labels: dict[DiskKey, Labels] = {d.key: labels for d, labels in self.selected}
+        # Ignored disks have a rule but are never touched: no per-disk series for them.
+        self.decisions = [d for d in decisions if d.rule is not None and d.state is not _IGNORED]
+        self.labels = [Labels.disk(d.key) for d in self.decisions]
+        self._by_key: dict[DiskKey, Labels] | None = None
 
-    def labels(self, key: DiskKey) -> Labels:
-        labels = self._labels.get(key)
+    def labels_of(self, key: DiskKey) -> Labels:
+        if self._by_key is None:
+            self._by_key = {d.key: lab for d, lab in zip(self.decisions, self.labels, strict=True)}
+        labels = self._by_key.get(key)
         if labels is None:
-            labels = self._labels[key] = Labels.disk(key)
+            labels = self._by_key[key] = Labels.disk(key)
         return labels
 
-    def counted(self, counters: Counters) -> list[tuple[DiskKey, Labels]]:
-        """Disks with outcome counters: every pullable one, then any with a non-zero count."""
+    def counted(self, counters: Counters) -> tuple[list[DiskKey], list[Labels]]:
+        """Disks with outcome counters: every pullable one, then any other with a count."""
         nonzero = set(counters.started).union(
             counters.completed, counters.failed, (k for k, _ in counters.aborted)
         )
-        counted = [
-            (d.key, labels)
-            for d, labels in self.selected
-            if d.state is not _INDEPENDENT or d.key in nonzero
-        ]
-        # Disks no longer selected (or gone) keep their counts visible, sorted after the rest.
-        nonzero.difference_update(d.key for d, _ in self.selected)
-        counted += [(k, self.labels(k)) for k in sorted(nonzero, key=_sort_key)]
-        return counted
+        keys: list[DiskKey] = []
+        labels: list[Labels] = []
+        for d, lab in zip(self.decisions, self.labels, strict=True):
+            if d.state is not _INDEPENDENT or d.key in nonzero:
+                keys.append(d.key)
+                labels.append(lab)
+        # Disks now ignored, unselected or gone keep their counts visible, after the rest.
+        if nonzero:
+            nonzero.difference_update(keys)
+            for key in sorted(nonzero, key=_sort_key):
+                keys.append(key)
+                labels.append(self.labels_of(key))
+        return keys, labels
 
 
 def _sort_key(key: DiskKey) -> tuple[str, str]:
@@ -195,19 +220,19 @@ def _sort_key(key: DiskKey) -> tuple[str, str]:
 
 def _status_families(snapshot: Snapshot) -> list[Family]:
     families = [
-        _gauge(
+        _single(
             "blockpull_policy_last_reload_successful",
             "1 if the last load of the policy file succeeded; a failed reload keeps the "
             "previous policy in force.",
-            [(NO_LABELS, 1.0 if snapshot.policy_reload_ok else 0.0)],
+            1.0 if snapshot.policy_reload_ok else 0.0,
         )
     ]
     if snapshot.policy_reload_success_at is not None:
         families.append(
-            _gauge(
+            _single(
                 "blockpull_policy_last_reload_success_timestamp_seconds",
                 "When the policy in force was loaded, in seconds since the epoch.",
-                [(NO_LABELS, snapshot.policy_reload_success_at)],
+                snapshot.policy_reload_success_at,
             )
         )
     families.append(
@@ -219,10 +244,10 @@ def _status_families(snapshot: Snapshot) -> list[Family]:
     )
     if snapshot.last_reconcile_success_at is not None:
         families.append(
-            _gauge(
+            _single(
                 "blockpull_last_reconcile_success_timestamp_seconds",
                 "When the last successful reconcile finished, in seconds since the epoch.",
-                [(NO_LABELS, snapshot.last_reconcile_success_at)],
+                snapshot.last_reconcile_success_at,
             )
         )
     return families
@@ -230,89 +255,105 @@ def _status_families(snapshot: Snapshot) -> list[Family]:
 
 def _job_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
     jobs = sorted(snapshot.jobs, key=lambda j: _sort_key(j.key))
-    labels = [disks.labels(j.key) for j in jobs]
+    labels = [disks.labels_of(j.key) for j in jobs]
+    info = [
+        Labels.of(
+            disk=j.key.disk,
+            domain=j.key.domain,
+            managed="true" if j.managed else "false",
+            type=str(j.job.type),
+        )
+        for j in jobs
+    ]
     return [
         _gauge(
             "blockpull_job_cursor_bytes",
             "Bytes a running block job has processed (libvirt's cur); present while it runs.",
-            [(lab, float(j.job.cur)) for j, lab in zip(jobs, labels, strict=True)],
+            labels,
+            [float(j.job.cur) for j in jobs],
         ),
         _gauge(
             "blockpull_job_end_bytes",
             "Bytes a running block job has to process in all (libvirt's end); it may grow "
             "while the job runs, and is 0 right after a start.",
-            [(lab, float(j.job.end)) for j, lab in zip(jobs, labels, strict=True)],
+            labels,
+            [float(j.job.end) for j in jobs],
         ),
         _gauge(
             "blockpull_job_bandwidth_limit_bytes_per_second",
             "Speed limit of a running block job; +Inf when unlimited.",
-            [(lab, _bandwidth(j.job.bandwidth)) for j, lab in zip(jobs, labels, strict=True)],
+            labels,
+            [_bandwidth(j.job.bandwidth) for j in jobs],
         ),
         _gauge(
             "blockpull_job_info",
             "A running block job's type (pull, copy, commit, ...) and whether the exporter "
             'started or adopted it (managed="true") or leaves it alone; the value is always 1.',
-            [
-                (
-                    Labels(
-                        (
-                            ("disk", j.key.disk),
-                            ("domain", j.key.domain),
-                            ("managed", "true" if j.managed else "false"),
-                            ("type", str(j.job.type)),
-                        )
-                    ),
-                    1.0,
-                )
-                for j in jobs
-            ],
+            info,
+            [1.0] * len(info),
         ),
     ]
 
 
 def _counter_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
     counters = snapshot.counters
-    counted = disks.counted(counters)
-    position = {key: i for i, (key, _) in enumerate(counted)}
+    keys, labels = disks.counted(counters)
+    position = {key: i for i, key in enumerate(keys)} if counters != Counters() else {}
 
-    def per_disk(counts: dict[DiskKey, int]) -> list[tuple[Labels, float]]:
+    def per_disk(counts: dict[DiskKey, int]) -> list[float]:
         # Mostly zeros: fill them, then patch the few non-zero counts in.
-        values = [0.0] * len(counted)
+        values = [0.0] * len(keys)
         for key, count in counts.items():
             values[position[key]] = float(count)
-        return [(labels, value) for (_, labels), value in zip(counted, values, strict=True)]
+        return values
 
-    # window_closed is the reason every windowed pull meets; the others appear when counted.
-    aborted: dict[tuple[int, str], int] = {
-        (i, AbortReason.WINDOW_CLOSED.value): 0 for i in range(len(counted))
-    }
+    # window_closed is the reason every windowed pull meets; others appear once counted.
+    other_reasons: dict[int, dict[str, int]] = {}
     for (key, reason), count in counters.aborted.items():
-        aborted[(position[key], str(reason))] = count
+        other_reasons.setdefault(position[key], {})[str(reason)] = count
+    aborted_labels: list[Labels] = []
+    aborted_values: list[float] = []
+    window_closed = AbortReason.WINDOW_CLOSED.value
+    for i, lab in enumerate(labels):
+        reasons = other_reasons.get(i)
+        if reasons is None:
+            aborted_labels.append(lab.with_reason(window_closed))
+            aborted_values.append(0.0)
+            continue
+        reasons = {window_closed: 0, **reasons}
+        for reason in sorted(reasons):
+            aborted_labels.append(lab.with_reason(reason))
+            aborted_values.append(float(reasons[reason]))
+
+    def counter(name: str, help_text: str, lab: list[Labels], values: list[float]) -> Family:
+        return Family(name, "counter", help_text, lab, values)
+
     return [
-        _counter(
+        counter(
             "blockpull_jobs_started",
             "Block pulls the exporter started on the disk.",
+            labels,
             per_disk(counters.started),
         ),
-        _counter(
+        counter(
             "blockpull_jobs_completed",
             "Block pulls on the disk proven complete by a re-read of its backing chain.",
+            labels,
             per_disk(counters.completed),
         ),
-        _counter(
+        counter(
             "blockpull_jobs_failed",
             "Block pulls on the disk that failed (libvirt reported a failure or the chain "
             "did not change).",
+            labels,
             per_disk(counters.failed),
         ),
-        _counter(
+        counter(
             "blockpull_jobs_aborted",
             "Block pulls on the disk stopped before the end, by reason; a pull aborted "
             "because its window closed resumes without losing copied data.",
-            [
-                (counted[i][1].with_reason(reason), float(count))
-                for (i, reason), count in sorted(aborted.items())
-            ],
+            aborted_labels,
+            aborted_values,
         ),
     ]
 
@@ -327,43 +368,43 @@ def _plan_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
         if d.rule is not None:
             key = (d.rule, d.state.value)
             counts[key] = counts.get(key, 0) + 1
+    by_rule_state = sorted(counts.items())
+    windows = snapshot.window_names
     return [
-        _gauge(
+        _single(
             "blockpull_budget_bandwidth_bytes_per_second",
             "Host-wide bandwidth budget shared by running pulls now; +Inf when unlimited.",
-            [(NO_LABELS, _bandwidth(plan.budget.bandwidth))],
+            _bandwidth(plan.budget.bandwidth),
         ),
-        _gauge(
+        _single(
             "blockpull_budget_max_concurrent",
             "Pulls allowed to run at once on this host now.",
-            [(NO_LABELS, float(plan.budget.max_concurrent))],
+            float(plan.budget.max_concurrent),
         ),
         _gauge(
             "blockpull_window_active",
             "1 while the policy window is open, else 0.",
-            [
-                (Labels.of(window=name), 1.0 if name in plan.open_windows else 0.0)
-                for name in snapshot.window_names
-            ],
+            [Labels.of(window=name) for name in windows],
+            [1.0 if name in plan.open_windows else 0.0 for name in windows],
         ),
         _gauge(
             "blockpull_disks",
             "Disks selected by each policy rule, by state; disks no rule selects are not counted.",
-            [
-                (Labels((("rule", rule), ("state", state))), float(count))
-                for (rule, state), count in sorted(counts.items())
-            ],
+            [Labels.of(rule=rule, state=state) for (rule, state), _ in by_rule_state],
+            [float(count) for _, count in by_rule_state],
         ),
         _gauge(
             "blockpull_disk_backing_depth",
             "Images in the disk's backing chain below its top image; 0 when independent.",
-            [(labels, float(d.depth)) for d, labels in disks.selected],
+            disks.labels,
+            [float(d.depth) for d in disks.decisions],
         ),
         _gauge(
             "blockpull_disk_consecutive_failures",
             "Failed pulls of the disk since its last success; reset when the disk or the "
             "policy changes.",
-            [(labels, float(d.consecutive_failures)) for d, labels in disks.selected],
+            disks.labels,
+            [float(d.consecutive_failures) for d in disks.decisions],
         ),
     ]
 
@@ -378,12 +419,11 @@ def render(snapshot: Snapshot | None, version: str) -> bytes:
         name = family.exposed_name
         help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
         append(f"# HELP {name} {help_text}\n# TYPE {name} {family.type}\n")
-        base = family.name
-        for suffix, labels, value in family.samples:
+        for sample, labels, value in family.samples():
             text = formatted.get(value)
             if text is None:
                 text = formatted[value] = floatToGoString(value)
-            append(f"{base}{suffix}{labels.text} {text}\n")
+            append(f"{sample}{labels.text} {text}\n")
     # A domain name is not guaranteed to be valid UTF-8; a scrape must not fail on it.
     return "".join(out).encode("utf-8", errors="replace")
 
@@ -398,8 +438,8 @@ class SnapshotCollector:
     def collect(self) -> Iterator[Metric]:
         for family in _families(self._get_snapshot(), self._version):
             metric = Metric(family.name, family.help, family.type)
-            for suffix, labels, value in family.samples:
-                metric.add_sample(family.name + suffix, dict(labels.pairs), value)
+            for sample, labels, value in family.samples():
+                metric.add_sample(sample, labels.pairs, value)
             yield metric
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from certs import Pki, make_pki
 
 from exporter import web
 from exporter.web import (
@@ -28,6 +27,16 @@ from exporter.web import (
     render_landing_page,
 )
 from exporter.web_config import WebConfig, load_web_config
+
+# The tests tree is importable as a package or as plain directories, depending on layout.
+try:
+    from tests.unit.certs import Pki, make_pki
+except ImportError:
+    from certs import Pki, make_pki  # type: ignore[no-redef]
+try:
+    from tests.unit import snapshots
+except ImportError:
+    import snapshots  # type: ignore[no-redef]
 
 BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
@@ -272,8 +281,6 @@ def test_configured_headers_are_on_every_response(tmp_path: Path) -> None:
 
 
 def test_landing_page_escapes_and_reports_the_policy_error() -> None:
-    import snapshots
-
     snapshot = snapshots.snapshot(policy_reload_ok=False, policy_error="line 3: <bad> & worse")
     page = render_landing_page("1.0", snapshot)
     assert 'href="metrics"' in page
