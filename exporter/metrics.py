@@ -4,9 +4,9 @@ One function, `_families()`, turns a snapshot into metric families. Two writers 
 
 - `SnapshotCollector.collect()` yields prometheus_client families, for anyone who wants to
   register the collector in a `CollectorRegistry`;
-- `render()` writes the text exposition format directly. prometheus_client needs about 100 ms
-  for the ~20,000 samples of a 4,000-disk host, over the 50 ms a scrape may take; the direct
-  writer produces byte-identical output (a unit test compares them) several times faster.
+- `render()` writes the text exposition format directly. prometheus_client needs about 95 ms
+  of CPU for the ~20,000 samples of a 4,000-disk host, over the 50 ms a scrape may take; the
+  direct writer produces byte-identical output (a unit test compares them) in about 11 ms.
 
 `MetricsRenderer` is what the HTTP endpoint calls: it renders each snapshot once, however often
 it is scraped, and appends the process_* metrics, which change between scrapes.

@@ -132,7 +132,7 @@ def render_landing_page(version: str, snapshot: Snapshot | None) -> str:
         if snapshot.policy_error:
             rows.append(("Policy error", snapshot.policy_error))
         if snapshot.plan is not None:
-            rows.append(("Running pulls", str(len(snapshot.jobs))))
+            rows.append(("Running block jobs", str(len(snapshot.jobs))))
         status = "<table>{}</table>".format(
             "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
         )
