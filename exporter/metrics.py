@@ -25,8 +25,7 @@ from prometheus_client.utils import floatToGoString
 from exporter.decisions import AbortReason, DiskState
 from exporter.model import DiskKey
 from exporter.snapshot import Counters, Histogram, Snapshot
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from exporter.web import render_landing_page
 
 INF = float("inf")
 
@@ -444,19 +443,15 @@ class SnapshotCollector:
 
 
 class MetricsRenderer:
-    """`() -> bytes` for the HTTP endpoint: each snapshot rendered once, plus process_* metrics.
+    """What the HTTP endpoint serves for the current snapshot.
 
+    `render(snapshot)`: the /metrics body; each snapshot object is rendered once however often
+    it is scraped (the cache lives here, not in the module), and the process_* metrics, which
+    change between scrapes, are appended fresh. `landing_page(snapshot)`: the HTML at `/`.
     Thread-safe: concurrent scrapes of a new snapshot render it once; the others wait.
     """
 
-    def __init__(
-        self,
-        get_snapshot: Callable[[], Snapshot | None],
-        version: str,
-        *,
-        process_metrics: bool = True,
-    ) -> None:
-        self._get_snapshot = get_snapshot
+    def __init__(self, version: str, *, process_metrics: bool = True) -> None:
         self._version = version
         self._lock = threading.Lock()
         self._cached: tuple[Snapshot | None, bytes] | None = None
@@ -465,7 +460,8 @@ class MetricsRenderer:
             self._process_registry = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process_registry)
 
-    def render_snapshot(self, snapshot: Snapshot | None) -> bytes:
+    def snapshot_metrics(self, snapshot: Snapshot | None) -> bytes:
+        """The snapshot's part of the body, cached by snapshot identity."""
         with self._lock:
             cached = self._cached
             if cached is not None and cached[0] is snapshot:
@@ -474,8 +470,11 @@ class MetricsRenderer:
             self._cached = (snapshot, body)
             return body
 
-    def __call__(self) -> bytes:
-        body = self.render_snapshot(self._get_snapshot())
+    def render(self, snapshot: Snapshot | None) -> bytes:
+        body = self.snapshot_metrics(snapshot)
         if self._process_registry is None:
             return body
         return body + generate_latest(self._process_registry)
+
+    def landing_page(self, snapshot: Snapshot | None) -> str:
+        return render_landing_page(self._version, snapshot)

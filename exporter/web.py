@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 
 import bcrypt
 
-from exporter.metrics import CONTENT_TYPE
 from exporter.snapshot import Snapshot
 from exporter.web_config import TLSConfig, WebConfig
 
@@ -39,6 +38,8 @@ log = logging.getLogger(__name__)
 # of the libvirt exporters' 9177 and node_exporter's 9100 running on the same hosts.
 DEFAULT_LISTEN_ADDRESS = ":9855"
 
+# The Prometheus text exposition format, version 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 REALM = "blockpull-exporter"
 _ALLOW = "GET, HEAD"
 _TEXT = "text/plain; charset=utf-8"

@@ -291,17 +291,18 @@ def test_before_the_first_plan_status_is_exported_but_no_plan_metrics() -> None:
 
 
 def test_renderer_renders_each_snapshot_once() -> None:
-    current = [s.realistic_snapshot()]
-    renderer = MetricsRenderer(lambda: current[0], VERSION, process_metrics=False)
-    first = renderer()
-    assert renderer() is first
-    current[0] = replace(current[0], libvirt_up=False)
-    assert renderer() is not first
+    snapshot = s.realistic_snapshot()
+    renderer = MetricsRenderer(VERSION, process_metrics=False)
+    first = renderer.render(snapshot)
+    assert renderer.render(snapshot) is first
+    changed = renderer.render(replace(snapshot, libvirt_up=False))
+    assert changed is not first
+    assert b"blockpull_libvirt_up 0.0" in changed
 
 
 def test_renderer_appends_process_metrics() -> None:
-    renderer = MetricsRenderer(s.realistic_snapshot, VERSION)
-    text = renderer().decode()
+    renderer = MetricsRenderer(VERSION)
+    text = renderer.render(s.realistic_snapshot()).decode()
     assert "\nprocess_resident_memory_bytes " in text
     assert text.startswith(render(s.realistic_snapshot(), VERSION).decode())
 
@@ -323,7 +324,7 @@ def promtool() -> str:
     ids=["realistic", "before-first-plan", "no-snapshot"],
 )
 def test_promtool_check_metrics_finds_nothing_to_complain_about(snapshot: Snapshot | None) -> None:
-    body = MetricsRenderer(lambda: snapshot, VERSION)()
+    body = MetricsRenderer(VERSION).render(snapshot)
     result = subprocess.run(
         [promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60, check=False
     )
@@ -341,3 +342,9 @@ def test_outcome_counters_keep_ignored_disks_with_counts() -> None:
         (*disk("db-1"), ("reason", "external")): 1,
         (*disk("db-1"), ("reason", "window_closed")): 0,
     }
+
+
+def test_renderer_serves_the_landing_page_for_the_snapshot() -> None:
+    page = MetricsRenderer(VERSION).landing_page(s.realistic_snapshot())
+    assert f"Version {VERSION}" in page
+    assert 'href="metrics"' in page
