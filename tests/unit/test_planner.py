@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
-from builders import (
-    BASE,
-    MiB,
-    apply,
-    at,
-    disk,
-    domain,
-    failure,
-    ignore,
-    job,
-    key,
-    memory,
-    observation,
-    policy,
-    rule,
-    window,
-)
 
 from exporter.decisions import (
     AbortPull,
@@ -33,9 +16,47 @@ from exporter.decisions import (
     StartPull,
 )
 from exporter.memory import Memory
-from exporter.model import DiskKey, DomainState, JobType, Observation
+from exporter.model import Disk, DiskKey, DomainState, JobType, Observation
 from exporter.planner import backoff_delay, plan
 from exporter.policy import OutsideWindows, Policy
+
+# The tests tree is importable as a package or as plain directories, depending on layout.
+try:
+    from tests.unit.builders import (
+        BASE,
+        MiB,
+        apply,
+        at,
+        disk,
+        domain,
+        failure,
+        ignore,
+        job,
+        key,
+        memory,
+        observation,
+        policy,
+        rule,
+        window,
+    )
+except ImportError:
+    from builders import (
+        BASE,
+        MiB,
+        apply,
+        at,
+        disk,
+        domain,
+        failure,
+        ignore,
+        job,
+        key,
+        memory,
+        observation,
+        policy,
+        rule,
+        window,
+    )  # type: ignore[no-redef]
 
 NOON = at("2024-01-03T12:00")  # a Wednesday
 NIGHT = at("2024-01-03T23:00")
@@ -43,7 +64,7 @@ NIGHTS = window("nights", start="22:00", end="06:00")
 EMPTY = Memory()
 
 
-def run(obs: Observation, pol: Policy, now=NOON, mem: Memory = EMPTY) -> Plan:
+def run(obs: Observation, pol: Policy, now: datetime = NOON, mem: Memory = EMPTY) -> Plan:
     return plan(obs, pol, now, mem)
 
 
@@ -114,8 +135,8 @@ def test_paused_domain_can_be_pulled() -> None:
     [disk(readonly=True), disk(transient=True), disk(source=None)],
     ids=["readonly", "transient", "no-source"],
 )
-def test_unsupported_disk_is_never_started(odd_disk: object) -> None:
-    result = run(observation(domain("vm", odd_disk)), policy())  # type: ignore[arg-type]
+def test_unsupported_disk_is_never_started(odd_disk: Disk) -> None:
+    result = run(observation(domain("vm", odd_disk)), policy())
     assert state(result, key("vm")) is DiskState.UNSUPPORTED
     assert result.actions == ()
 
