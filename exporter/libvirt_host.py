@@ -1,0 +1,426 @@
+"""The real host: libvirt-python against a libvirtd (usually qemu:///system).
+
+How observe() reads the host, chosen from bench/OBSERVE_COSTS.md (libvirt 9.0, paused TCG
+domains): one `getAllDomainStats(STATE)` call for every domain and its state (no QEMU is asked
+for a state), then the live XML of each domain (cheap: libvirtd answers from memory) for disks
+and chains, then `blockJobInfo` only for disks that can have a job: domain running or paused,
+and a backing chain, a `<mirror>` or a job this host started or saw. `getAllDomainStats` with
+BLOCK + BACKING gives chains too, but asks every QEMU (query-blockstats), costs several times
+the XML per domain, names no network image and still reports no block job, so it is not used.
+
+Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags); 0 = unlimited.
+`abort()` uses `blockJobAbort(disk, 0)`, which waits until QEMU has cancelled the job (a few
+ms on a pull) and makes libvirt emit BLOCK_JOB_2 `canceled`.
+
+Connection: keepalive 5 s x 3 and a close callback. When the connection drops, the sink gets
+ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call after the
+backoff delay (0 for the first attempt, then doubling up to `max_backoff`) reconnects, registers
+the event callbacks again and emits ConnectionEvent(up=True) so the controller resyncs.
+Nothing retries on its own: no thread sleeps or loops on reconnection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
+
+import libvirt
+
+from exporter.host import EventSink
+from exporter.libvirt_errors import host_error
+from exporter.libvirt_loop import EventLoop, shared_loop
+from exporter.libvirt_xml import normalise_target, parse_disks
+from exporter.model import (
+    BlockJob,
+    ConnectionEvent,
+    Disk,
+    DiskKey,
+    Domain,
+    DomainState,
+    ErrorReason,
+    HostError,
+    HostEvent,
+    JobEvent,
+    JobOutcome,
+    JobType,
+    LifecycleEvent,
+    Observation,
+)
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[str], libvirt.virConnect]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_JOB_TYPES = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL: JobType.PULL,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY: JobType.COPY,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT: JobType.COMMIT,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT: JobType.ACTIVE_COMMIT,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP: JobType.BACKUP,
+}
+_OUTCOMES = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED: JobOutcome.COMPLETED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED: JobOutcome.FAILED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: JobOutcome.CANCELED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_READY: JobOutcome.READY,
+}
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: DomainState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: DomainState.RUNNING,  # running, waiting on a resource
+    libvirt.VIR_DOMAIN_PAUSED: DomainState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: DomainState.SHUTOFF,
+}
+_LIFECYCLE = (
+    "defined",
+    "undefined",
+    "started",
+    "suspended",
+    "resumed",
+    "stopped",
+    "shutdown",
+    "pmsuspended",
+    "crashed",
+)
+_CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "eof",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "client",
+}
+_NOT_RELATIVE = "can't keep relative backing relationship"
+# A job that vanished with its domain, disk or job is "no job", not a failed refresh.
+_GONE = frozenset(
+    {
+        ErrorReason.DOMAIN_NOT_FOUND,
+        ErrorReason.DOMAIN_NOT_RUNNING,
+        ErrorReason.DISK_NOT_FOUND,
+        ErrorReason.NO_JOB,
+    }
+)
+
+
+@dataclass
+class _Session:
+    """One libvirt connection and the callbacks registered on it (mutable, owned by the host)."""
+
+    conn: libvirt.virConnect
+    callback_ids: list[int] = field(default_factory=list)
+    lost: bool = False
+
+
+class LibvirtHost:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        connect: Connect = libvirt.open,
+        clock: Callable[[], float] = time.monotonic,
+        keepalive: tuple[int, int] = (5, 3),
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        loop: EventLoop | None = None,
+    ) -> None:
+        """Connects lazily, on the first call: a libvirtd that is down is a HostError later,
+        not a failure to construct."""
+        self._uri = uri
+        self._connect = connect
+        self._clock = clock
+        self._keepalive = keepalive
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._loop = loop if loop is not None else shared_loop()
+        self._loop.acquire()
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._sink: EventSink | None = None
+        self._ever_connected = False
+        self._failures = 0
+        self._next_attempt = 0.0
+        self._last_error = ""
+        self._closed = False
+        self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
+        self._known_jobs: set[DiskKey] = set()  # started here, or seen running
+
+    # -- Host protocol ------------------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        conn = self._connection()
+        try:
+            stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+        except libvirt.libvirtError as error:
+            raise self._failed(error) from error
+        domains: list[Domain] = []
+        handles: dict[str, libvirt.virDomain] = {}
+        for dom, values in stats:
+            domain = self._domain(dom, _STATES.get(values.get("state.state"), DomainState.OTHER))
+            if domain is not None:
+                domains.append(domain)
+                handles[domain.name] = dom
+        domains.sort(key=lambda d: d.name)
+        with self._lock:
+            self._domains = handles
+        return Observation(tuple(domains))
+
+    def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
+        conn = self._connection()
+        result: dict[DiskKey, BlockJob | None] = {}
+        for key in keys:
+            try:
+                result[key] = self._job_info(self._handle(conn, key.domain), key)
+            except HostError as error:
+                if error.reason is ErrorReason.CONNECTION:
+                    raise
+                if error.reason not in _GONE:
+                    log.warning("cannot read the block job of %s: %s", key, error)
+                result[key] = None
+        return result
+
+    def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
+        dom = self._handle(self._connection(), key.domain)
+        speed = bandwidth or 0
+        if base is None:
+            flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
+            self._call(dom.blockPull, key.disk, speed, flags)
+        else:
+            flags = libvirt.VIR_DOMAIN_BLOCK_REBASE_BANDWIDTH_BYTES
+            try:  # keep a relative chain relative; libvirt refuses when it is absolute
+                relative = flags | libvirt.VIR_DOMAIN_BLOCK_REBASE_RELATIVE
+                self._call(dom.blockRebase, key.disk, base, speed, relative)
+            except HostError as error:
+                if _NOT_RELATIVE not in error.message:
+                    raise
+                self._call(dom.blockRebase, key.disk, base, speed, flags)
+        with self._lock:
+            self._known_jobs.add(key)
+
+    def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
+        dom = self._handle(self._connection(), key.domain)
+        flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
+        self._call(dom.blockJobSetSpeed, key.disk, bandwidth or 0, flags)
+
+    def abort(self, key: DiskKey) -> None:
+        dom = self._handle(self._connection(), key.domain)
+        self._call(dom.blockJobAbort, key.disk, 0)
+
+    def subscribe(self, sink: EventSink) -> None:
+        with self._lock:
+            self._sink = sink
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            session, self._session = self._session, None
+            self._sink = None
+            self._domains = {}
+        if session is not None:
+            _dispose(session)
+        self._loop.release()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _domain(self, dom: libvirt.virDomain, state: DomainState) -> Domain | None:
+        name = dom.name()
+        try:
+            parsed = parse_disks(dom.XMLDesc(0))
+        except libvirt.libvirtError as error:
+            failure = self._failed(error)
+            if failure.reason is ErrorReason.DOMAIN_NOT_FOUND:
+                return None  # undefined between the listing and now
+            raise failure from error
+        disks: list[Disk] = []
+        for item in parsed:
+            disk = item.disk
+            key = DiskKey(name, disk.target)
+            with self._lock:
+                known = key in self._known_jobs
+            if state.can_run_jobs and (disk.chain or item.mirror or known):
+                disk = self._with_job(dom, key, disk)
+            disks.append(disk)
+        return Domain(name=name, uuid=dom.UUIDString(), state=state, disks=tuple(disks))
+
+    def _with_job(self, dom: libvirt.virDomain, key: DiskKey, disk: Disk) -> Disk:
+        try:
+            job = self._job_info(dom, key)
+        except HostError as error:
+            if error.reason is ErrorReason.CONNECTION:
+                raise
+            if error.reason not in _GONE:
+                log.warning("cannot read the block job of %s: %s", key, error)
+            return disk
+        if job is None:
+            return disk
+        return Disk(disk.target, disk.source, disk.chain, disk.readonly, disk.transient, job)
+
+    def _job_info(self, dom: libvirt.virDomain, key: DiskKey) -> BlockJob | None:
+        flags = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+        info = self._call(dom.blockJobInfo, key.disk, flags)
+        with self._lock:
+            if info:
+                self._known_jobs.add(key)
+            else:
+                self._known_jobs.discard(key)
+        if not info:
+            return None
+        return BlockJob(
+            type=_JOB_TYPES.get(info.get("type", 0), JobType.UNKNOWN),
+            cur=int(info.get("cur", 0)),
+            end=int(info.get("end", 0)),
+            bandwidth=int(info.get("bandwidth", 0)),
+        )
+
+    def _handle(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+        with self._lock:
+            dom = self._domains.get(name)
+        if dom is not None:
+            return dom
+        return self._call(conn.lookupByName, name)
+
+    def _call(self, method: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except libvirt.libvirtError as error:
+            raise self._failed(error) from error
+
+    def _failed(self, error: libvirt.libvirtError) -> HostError:
+        failure = host_error(error)
+        if failure.reason is ErrorReason.CONNECTION:
+            with self._lock:
+                session = self._session
+            if session is not None:
+                self._lose(session, failure.message)
+        elif failure.reason is ErrorReason.DOMAIN_NOT_FOUND:
+            with self._lock:  # a stale handle: look the name up again next time
+                self._domains = {}
+        return failure
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def _connection(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._closed:
+                raise HostError(ErrorReason.CONNECTION, "host closed")
+            session = self._session
+            if session is not None and not session.lost:
+                return session.conn
+            self._session = None
+            now = self._clock()
+            if now < self._next_attempt:
+                wait = self._next_attempt - now
+                raise HostError(
+                    ErrorReason.CONNECTION,
+                    f"{self._uri} unreachable, next attempt in {wait:.1f} s: {self._last_error}",
+                )
+        if session is not None:
+            _dispose(session)
+        return self._reconnect()
+
+    def _reconnect(self) -> libvirt.virConnect:
+        session: _Session | None = None
+        try:
+            session = _Session(self._connect(self._uri))
+            session.conn.setKeepAlive(*self._keepalive)
+            session.conn.registerCloseCallback(self._on_close, session)
+            session.callback_ids = self._register_events(session.conn)
+        except libvirt.libvirtError as error:
+            if session is not None:
+                _dispose(session)
+            failure = host_error(error)
+            with self._lock:
+                self._failures += 1
+                delay = self._min_backoff * 2 ** (self._failures - 1)
+                self._next_attempt = self._clock() + min(delay, self._max_backoff)
+                self._last_error = failure.message
+            raise HostError(ErrorReason.CONNECTION, failure.message) from error
+        with self._lock:
+            reconnected = self._ever_connected
+            self._ever_connected = True
+            self._failures = 0
+            self._next_attempt = 0.0
+            self._session = session
+            self._domains = {}
+        if reconnected:
+            self._emit(ConnectionEvent(up=True, reason="reconnected"))
+        return session.conn
+
+    def _register_events(self, conn: libvirt.virConnect) -> list[int]:
+        return [
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_block_job, None
+            ),
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
+            ),
+        ]
+
+    def _lose(self, session: _Session, reason: str) -> None:
+        with self._lock:
+            if session.lost or session is not self._session:
+                return
+            session.lost = True
+        log.warning("lost the connection to %s: %s", self._uri, reason)
+        self._emit(ConnectionEvent(up=False, reason=reason))
+
+    # -- callbacks (event-loop thread: never block, never raise into libvirt) ----------------
+
+    def _on_close(self, _conn: libvirt.virConnect, reason: int, session: _Session) -> None:
+        self._lose(session, _CLOSE_REASONS.get(reason, f"closed ({reason})"))
+
+    def _on_block_job(
+        self,
+        _conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        disk: str,
+        job_type: int,
+        status: int,
+        _opaque: object,
+    ) -> None:
+        outcome = _OUTCOMES.get(status)
+        if outcome is None:
+            return
+        key = DiskKey(dom.name(), normalise_target(disk))
+        if outcome is not JobOutcome.READY:
+            with self._lock:
+                self._known_jobs.discard(key)
+        self._emit(JobEvent(key, _JOB_TYPES.get(job_type, JobType.UNKNOWN), outcome))
+
+    def _on_lifecycle(
+        self,
+        _conn: libvirt.virConnect,
+        dom: libvirt.virDomain,
+        event: int,
+        _detail: int,
+        _opaque: object,
+    ) -> None:
+        name = _LIFECYCLE[event] if 0 <= event < len(_LIFECYCLE) else f"event-{event}"
+        self._emit(LifecycleEvent(dom.name(), name))
+
+    def _emit(self, event: HostEvent) -> None:
+        with self._lock:
+            sink = self._sink
+        if sink is None:
+            return
+        try:
+            sink(event)
+        except Exception:  # a broken sink must not unwind into libvirt's C event loop
+            log.exception("event sink failed on %s", event)
+
+
+def _dispose(session: _Session) -> None:
+    """Deregister and close; the connection may be dead already, so errors are expected."""
+    conn = session.conn
+    for callback_id in session.callback_ids:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback_id)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()

@@ -1,0 +1,74 @@
+"""libvirt's default event loop on one thread, shared by every connection of the process.
+
+libvirt allows `virEventRegisterDefaultImpl()` once per process and it must happen before a
+connection is opened, or that connection never delivers events, keepalives or close
+callbacks. So the loop is a process-wide singleton (`shared_loop()`), reference-counted: the
+thread runs while at least one host holds it, and stops when the last one releases it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+import libvirt
+
+log = logging.getLogger(__name__)
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="libvirt-events", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, timeout: float = 5.0) -> None:
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._thread is None:
+                return
+            self._stop.set()
+            _wake()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the libvirt event thread did not stop within %.1f s", timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if libvirt.virEventRunDefaultImpl() < 0:
+                log.error("libvirt event loop iteration failed")
+                self._stop.wait(0.1)  # do not spin on a persistent failure
+
+
+def _wake() -> None:
+    """Make a blocked `virEventRunDefaultImpl()` return: a zero timeout that removes itself."""
+
+    def fire(timer: int, _opaque: object) -> None:
+        libvirt.virEventRemoveTimeout(timer)
+
+    libvirt.virEventAddTimeout(0, fire, None)
+
+
+@functools.cache
+def shared_loop() -> EventLoop:
+    """The process's loop; registering libvirt's default implementation happens once, here."""
+    libvirt.virEventRegisterDefaultImpl()
+    return EventLoop()
