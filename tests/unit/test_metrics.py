@@ -48,8 +48,10 @@ def disk(domain: str, name: str = "vda") -> tuple[tuple[str, str], ...]:
     return (("disk", name), ("domain", domain))
 
 
-def test_render_matches_prometheus_client_byte_for_byte() -> None:
-    snapshot = s.realistic_snapshot()
+@pytest.mark.parametrize(
+    "snapshot", [s.realistic_snapshot(), s.large_snapshot(100)], ids=["realistic", "large"]
+)
+def test_render_matches_prometheus_client_byte_for_byte(snapshot: Snapshot) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snapshot, VERSION))
     assert render(snapshot, VERSION) == generate_latest(registry)
