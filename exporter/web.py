@@ -239,6 +239,8 @@ def _bind_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise ListenAddressError(f"listen address {host!r}: cannot resolve: {e.strerror}") from e
+    # Like Go's net.Listen: a name resolving to both families listens on its IPv4 address.
+    infos.sort(key=lambda info: info[0] != socket.AF_INET)
     family, _, _, _, address = infos[0]
     return family, address
 
