@@ -1,0 +1,457 @@
+"""LibvirtHost against a real libvirtd 9.0 + QEMU (qemu:///system), small TCG domains."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import helpers
+import libvirt
+import pytest
+from conftest import Domains, HostUnderTest
+from helpers import MIB, Chain, DiskSpec
+
+from exporter.libvirt_host import LibvirtHost
+from exporter.libvirt_loop import shared_loop
+from exporter.model import (
+    BlockJob,
+    ConnectionEvent,
+    Disk,
+    DiskKey,
+    DomainState,
+    ErrorReason,
+    HostError,
+    HostEvent,
+    JobEvent,
+    JobOutcome,
+    JobType,
+    LifecycleEvent,
+)
+
+SLOW = 1 * MIB  # a 32 MiB pull at this speed lasts ~32 s: long enough to act on it mid-way
+
+
+def _domain_with_chain(
+    domains: Domains, folder: Path, depth: int = 1, relative: bool = False
+) -> tuple[DiskKey, Chain]:
+    chain = helpers.create_chain(folder, depth=depth, relative=relative)
+    dom = domains.start("pull", [DiskSpec("vda", chain.top)])
+    return DiskKey(dom.name(), "vda"), chain
+
+
+def _disk(ut: HostUnderTest, key: DiskKey) -> Disk:
+    return ut.host.observe().disks()[key][1]
+
+
+def _job(ut: HostUnderTest, key: DiskKey) -> BlockJob | None:
+    return ut.host.refresh_jobs([key])[key]
+
+
+def _job_event(ut: HostUnderTest, key: DiskKey, timeout: float = 30.0) -> HostEvent | None:
+    return helpers.next_event(
+        ut.events, lambda e: isinstance(e, JobEvent) and e.key == key, timeout
+    )
+
+
+def _wait_chain(ut: HostUnderTest, key: DiskKey, chain: tuple[str, ...]) -> bool:
+    return helpers.wait_for(lambda: _disk(ut, key).chain == chain, timeout=30)
+
+
+def _raises(reason: ErrorReason, call: Callable[..., object], *args: object) -> HostError:
+    with pytest.raises(HostError) as caught:
+        call(*args)
+    assert caught.value.reason is reason, caught.value
+    assert caught.value.message  # libvirt's own words are kept
+    return caught.value
+
+
+# -- observe ---------------------------------------------------------------------------------
+
+
+def test_observe_reports_disk_source_and_chain_nearest_first(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2)
+    domain, disk = libvirt_host.host.observe().disks()[key]
+    assert domain.state is DomainState.PAUSED
+    assert disk.source == str(chain.top)
+    assert disk.chain == chain.backing
+    assert disk.job is None
+
+
+def test_observe_reports_independent_and_readonly_disks(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    plain = helpers.create_chain(image_folder, name="plain", depth=0).base
+    shared = helpers.create_chain(image_folder, name="ro", depth=0).base
+    dom = domains.start("plain", [DiskSpec("vda", plain), DiskSpec("vdb", shared, readonly=True)])
+    disks = libvirt_host.host.observe().disks()
+    assert disks[DiskKey(dom.name(), "vda")][1].chain == ()
+    assert disks[DiskKey(dom.name(), "vdb")][1].readonly
+
+
+def test_observe_reports_a_defined_domain_as_shutoff(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    chain = helpers.create_chain(image_folder)
+    name = domains.define("off", [DiskSpec("vda", chain.top)])
+    domain, disk = libvirt_host.host.observe().disks()[DiskKey(name, "vda")]
+    assert domain.state is DomainState.SHUTOFF
+    assert disk.source == str(chain.top)
+    assert disk.job is None
+
+
+def test_observe_reports_a_running_pull(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    job = _disk(libvirt_host, key).job
+    assert job is not None
+    assert (job.type, job.bandwidth, job.end) == (JobType.PULL, SLOW, 64 * MIB)
+
+
+# -- pulls -----------------------------------------------------------------------------------
+
+
+def test_full_pull_empties_the_chain_and_emits_completed(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder, depth=2)
+    libvirt_host.host.start_pull(key, None, None)
+    event = _job_event(libvirt_host, key)
+    assert event == JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
+    assert _disk(libvirt_host, key).chain == ()
+
+
+def test_partial_pull_keeps_exactly_the_base(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2)
+    libvirt_host.host.start_pull(key, str(chain.base), None)
+    assert _job_event(libvirt_host, key) == JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
+    assert _disk(libvirt_host, key).chain == (str(chain.base),)
+
+
+def test_partial_pull_keeps_a_relative_chain_relative(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2, relative=True)
+    libvirt_host.host.start_pull(key, str(chain.base), None)
+    assert _job_event(libvirt_host, key) is not None
+    assert helpers.backing_file_name(chain.top) == chain.base.name
+
+
+def test_partial_pull_of_an_absolute_chain_succeeds(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2, relative=False)
+    libvirt_host.host.start_pull(key, str(chain.base), None)
+    assert _job_event(libvirt_host, key) == JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
+    assert helpers.backing_file_name(chain.top) == str(chain.base)
+
+
+def test_pull_keeps_the_guest_content_byte_identical(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    chain = helpers.create_chain(image_folder, depth=2)
+    before = helpers.flatten(chain.top, image_folder / "before.raw")
+    dom = domains.start("content", [DiskSpec("vda", chain.top)])
+    key = DiskKey(dom.name(), "vda")
+    libvirt_host.host.start_pull(key, str(chain.base), 16 * MIB)
+    assert _job_event(libvirt_host, key) is not None
+    libvirt_host.host.start_pull(key, None, None)
+    assert _job_event(libvirt_host, key) is not None
+    domains.stop(dom.name())
+    assert helpers.same_content(before, chain.top)
+    assert helpers.backing_file_name(chain.top) == ""
+
+
+# -- bandwidth -------------------------------------------------------------------------------
+
+
+def test_bandwidth_is_applied_in_bytes(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, 3 * MIB + 12345)
+    job = _job(libvirt_host, key)
+    assert job is not None
+    assert job.bandwidth == 3 * MIB + 12345
+
+
+def test_measured_rate_stays_within_15_percent_of_the_cap(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    cap = 4 * MIB  # the base's 32 MiB of data take ~8 s; measure 3 s in the middle
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, cap)
+    time.sleep(0.5)
+    first, t0 = _job(libvirt_host, key), time.monotonic()
+    time.sleep(3.0)
+    second, t1 = _job(libvirt_host, key), time.monotonic()
+    assert first is not None and second is not None
+    rate = (second.cur - first.cur) / (t1 - t0)
+    assert abs(rate - cap) <= 0.15 * cap, f"{rate / MIB:.2f} MiB/s against a 4 MiB/s cap"
+
+
+def test_set_speed_changes_the_bandwidth(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    libvirt_host.host.set_speed(key, 2 * MIB + 1)
+    job = _job(libvirt_host, key)
+    assert job is not None
+    assert job.bandwidth == 2 * MIB + 1
+
+
+def test_unlimited_bandwidth_is_zero(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    libvirt_host.host.set_speed(key, None)
+    job = _job(libvirt_host, key)
+    assert job is None or job.bandwidth == 0  # unthrottled, it may have finished already
+
+
+# -- abort, refresh --------------------------------------------------------------------------
+
+
+def test_abort_stops_the_job_and_keeps_the_chain(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    libvirt_host.host.abort(key)
+    assert _job_event(libvirt_host, key) == JobEvent(key, JobType.PULL, JobOutcome.CANCELED)
+    assert _job(libvirt_host, key) is None
+    assert _disk(libvirt_host, key).chain == chain.backing
+
+
+def test_refresh_jobs_reports_none_for_a_disk_without_job(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    assert libvirt_host.host.refresh_jobs([key]) == {key: None}
+
+
+def test_refresh_jobs_reports_none_for_a_vanished_domain(libvirt_host: HostUnderTest) -> None:
+    key = DiskKey(helpers.unique_name("gone"), "vda")
+    assert libvirt_host.host.refresh_jobs([key]) == {key: None}
+
+
+# -- errors, each from its real cause --------------------------------------------------------
+
+
+def test_unknown_domain_is_domain_not_found(libvirt_host: HostUnderTest) -> None:
+    key = DiskKey(helpers.unique_name("missing"), "vda")
+    _raises(ErrorReason.DOMAIN_NOT_FOUND, libvirt_host.host.start_pull, key, None, None)
+
+
+def test_shut_off_domain_is_domain_not_running(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    chain = helpers.create_chain(image_folder)
+    name = domains.define("off", [DiskSpec("vda", chain.top)])
+    key = DiskKey(name, "vda")
+    _raises(ErrorReason.DOMAIN_NOT_RUNNING, libvirt_host.host.start_pull, key, None, None)
+
+
+def test_unknown_disk_is_disk_not_found(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    other = DiskKey(key.domain, "vdz")
+    _raises(ErrorReason.DISK_NOT_FOUND, libvirt_host.host.start_pull, other, None, None)
+
+
+def test_second_pull_on_a_disk_is_disk_busy(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, chain = _domain_with_chain(domains, image_folder, depth=2)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    _raises(ErrorReason.DISK_BUSY, libvirt_host.host.start_pull, key, str(chain.base), SLOW)
+
+
+def test_base_outside_the_chain_is_base_not_in_chain(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    stranger = str(image_folder / "elsewhere.qcow2")
+    _raises(ErrorReason.BASE_NOT_IN_CHAIN, libvirt_host.host.start_pull, key, stranger, None)
+
+
+def test_set_speed_without_job_is_no_job(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    _raises(ErrorReason.NO_JOB, libvirt_host.host.set_speed, key, MIB)
+
+
+def test_abort_without_job_is_no_job(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    _raises(ErrorReason.NO_JOB, libvirt_host.host.abort, key)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _FlakyConnect:
+    """Really connects, or really fails (a socket that does not exist) while `broken`."""
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.attempts = 0
+
+    def __call__(self, uri: str) -> libvirt.virConnect:
+        self.attempts += 1
+        if self.broken:
+            return libvirt.open(f"{uri}?socket=/nonexistent/libvirt-sock")
+        return libvirt.open(uri)
+
+
+def test_unreachable_libvirtd_is_connection_and_retries_after_backoff(
+    libvirt_conn: libvirt.virConnect,
+) -> None:
+    clock, connect = _Clock(), _FlakyConnect()
+    host = LibvirtHost(helpers.URI, connect=connect, clock=clock, min_backoff=2.0)
+    try:
+        _raises(ErrorReason.CONNECTION, host.observe)
+        _raises(ErrorReason.CONNECTION, host.observe)  # within the backoff: no new attempt
+        assert connect.attempts == 1
+        clock.now += 2.0
+        connect.broken = False
+        host.observe()
+        assert connect.attempts == 2
+    finally:
+        host.close()
+
+
+def test_backoff_doubles_up_to_the_cap(libvirt_conn: libvirt.virConnect) -> None:
+    clock, connect = _Clock(), _FlakyConnect()
+    host = LibvirtHost(helpers.URI, connect=connect, clock=clock, min_backoff=1, max_backoff=4)
+    attempts_at = []
+    try:
+        for _ in range(24):  # 12 s in steps of 0.5 s, calling at each
+            before = connect.attempts
+            _raises(ErrorReason.CONNECTION, host.observe)
+            if connect.attempts > before:
+                attempts_at.append(clock.now - 100)
+            clock.now += 0.5
+    finally:
+        host.close()
+    assert attempts_at == [0.0, 1.0, 3.0, 7.0, 11.0]
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+def test_destroyed_domain_mid_pull_emits_no_block_job_event(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    libvirt_host.host.start_pull(key, None, SLOW)
+    domains.stop(key.domain)
+    seen: list[HostEvent] = []
+
+    def stopped(event: HostEvent) -> bool:
+        seen.append(event)
+        return event == LifecycleEvent(key.domain, "stopped")
+
+    assert helpers.next_event(libvirt_host.events, stopped, timeout=10) is not None
+    assert helpers.next_event(libvirt_host.events, seen.append, timeout=1.0) is None
+    assert not [e for e in seen if isinstance(e, JobEvent)]
+
+
+def test_lifecycle_events_name_the_domain(
+    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+) -> None:
+    key, _ = _domain_with_chain(domains, image_folder)
+    domains.stop(key.domain)
+    wanted = LifecycleEvent(key.domain, "stopped")
+    assert helpers.next_event(libvirt_host.events, lambda e: e == wanted, 10) == wanted
+
+
+def _our_clients() -> set[str]:
+    """Ids of this process's connections to libvirtd, as virt-admin lists them."""
+    listing = subprocess.run(
+        ["virt-admin", "srv-clients-list", "libvirtd"], capture_output=True, text=True, check=True
+    ).stdout
+    ours = set()
+    for line in listing.splitlines()[2:]:
+        if not line.split():
+            continue
+        client = line.split()[0]
+        info = subprocess.run(
+            ["virt-admin", "client-info", "libvirtd", client], capture_output=True, text=True
+        ).stdout
+        if f"unix_process_id: {os.getpid()}" in info:
+            ours.add(client)
+    return ours
+
+
+def test_lost_connection_emits_down_then_up_on_the_next_call(
+    libvirt_conn: libvirt.virConnect,
+) -> None:
+    events: list[HostEvent] = []
+    before = _our_clients()
+    host = LibvirtHost(helpers.URI)
+    try:
+        host.subscribe(events.append)
+        host.observe()
+        (client,) = _our_clients() - before
+        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
+        assert helpers.wait_for(lambda: ConnectionEvent(up=False, reason="eof") in events, 10)
+        host.observe()  # reconnects
+        assert ConnectionEvent(up=True, reason="reconnected") in events
+        assert len(_our_clients() - before) == 1
+    finally:
+        host.close()
+
+
+def test_events_resume_after_a_reconnection(
+    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+) -> None:
+    events: list[HostEvent] = []
+    before = _our_clients()
+    host = LibvirtHost(helpers.URI)
+    try:
+        host.subscribe(events.append)
+        host.observe()
+        (client,) = _our_clients() - before
+        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
+        assert helpers.wait_for(lambda: any(isinstance(e, ConnectionEvent) for e in events), 10)
+        host.observe()
+        key, _ = _domain_with_chain(domains, image_folder)
+        host.start_pull(key, None, None)
+        done = JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
+        assert helpers.wait_for(lambda: done in events, 30)
+    finally:
+        host.close()
+
+
+def test_close_stops_the_event_thread(libvirt_conn: libvirt.virConnect) -> None:
+    loop = shared_loop()  # no other host is open in this test: close() is its last release
+    host = LibvirtHost(helpers.URI)
+    host.observe()
+    assert loop.running
+    host.close()
+    assert not loop.running
+
+
+def test_calls_after_close_are_connection_errors(libvirt_conn: libvirt.virConnect) -> None:
+    host = LibvirtHost(helpers.URI)
+    host.close()
+    _raises(ErrorReason.CONNECTION, host.observe)
