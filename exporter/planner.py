@@ -306,13 +306,14 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
     for item in triaged:
         if item.role is _Role.CLOSE:
             aborts.append(AbortPull(item.key, AbortReason.WINDOW_CLOSED))
+    too_many = len(managed) + len(foreign) > budget.max_concurrent
     for item in over:
         aborts.append(AbortPull(item.key, AbortReason.OVER_BUDGET))
         state = DiskState.PENDING if item.rule_open else DiskState.WAITING_WINDOW
-        why = (
-            "pull aborted: the running jobs exceed the budget "
-            f"(max_concurrent {budget.max_concurrent}); it waits for a free slot"
-        )
+        if too_many:
+            why = f"pull aborted: more jobs than max_concurrent {budget.max_concurrent} allows"
+        else:
+            why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
     for item in kept:
         current = _job_limit(item.job)

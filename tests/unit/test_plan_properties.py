@@ -46,6 +46,8 @@ BANDWIDTHS = (0, 1, 3, 50, 1000, 10**6)
 STATES = (DomainState.RUNNING,) * 4 + (DomainState.PAUSED, DomainState.SHUTOFF, DomainState.OTHER)
 BUDGET_BANDWIDTHS = (None, 1, 2, 7, 100, 1000, 10**6)
 
+WAITING = DiskState.WAITING_WINDOW  # failures are judged before windows
+
 # -- strategies -----------------------------------------------------------------------------
 
 jobs = st.builds(
@@ -150,7 +152,7 @@ def policies(draw: st.DrawFn) -> Policy:
             outside_windows=draw(st.sampled_from(OutsideWindows)),
             retry=Retry(
                 max_attempts=draw(st.sampled_from((4, 3, 2, 1))),
-                backoff=draw(st.sampled_from((60.0, 1.0, 0.0))),
+                backoff=draw(st.sampled_from((60.0, 60.0, 1.0, 0.0))),
                 max_backoff=draw(st.sampled_from((60.0, 3600.0))),
             ),
         ),
@@ -172,8 +174,8 @@ def memories(draw: st.DrawFn, obs: Observation, now: datetime) -> Memory:
     for key, (_, d) in sorted(obs.disks().items()):
         if draw(st.booleans()):
             failures[key] = Failures(
-                count=draw(st.integers(1, 5)),
-                last_failure_at=now.timestamp() - draw(st.sampled_from((0, 30, 90, 7200))),
+                count=draw(st.sampled_from((1, 2, 1, 3, 5))),
+                last_failure_at=now.timestamp() - draw(st.sampled_from((0, 30, 0, 90, 7200))),
                 disk_fingerprint=draw(st.sampled_from((d.fingerprint, d.fingerprint, "stale"))),
                 policy_fingerprint=draw(st.sampled_from(("p1", "p1", "p2"))),
             )
@@ -260,6 +262,8 @@ def test_plan_invariants_hold_on_random_hosts(case: Case) -> None:
         expected = oracle_rule(pol, dom, d)
         assert decision.rule == (expected.name if expected else None)
         assert decision.depth == len(d.chain)
+        if d.job is None and waiting_on_failures(case, decision.key, d):
+            assert decision.state not in (WAITING, DiskState.PENDING, DiskState.PULLING)
 
     # Actions only on disks a pull rule selects, of running domains; starts only when allowed.
     by_key = {d.key: d for d in result.decisions}
