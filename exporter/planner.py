@@ -33,7 +33,10 @@ order.
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
    order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
    the same share (`exporter.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
-   limit differs from its share (job bandwidth 0 = unlimited = None).
+   limit differs from its share (job bandwidth 0 = unlimited = None). A foreign job without a
+   limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
+   at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
+   aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
 
 5. Actions come in an order that keeps the aggregate within the budget when applied one by
    one: aborts, speed cuts, starts (best first), speed raises. Aborts and speed changes are
