@@ -150,6 +150,16 @@ def test_only_unix_and_inet_sockets_are_allowed() -> None:
     assert "IPAddressDeny" not in found  # Prometheus must reach /metrics
 
 
+def test_proc_keeps_the_files_process_metrics_read() -> None:
+    # ProcSubset=pid hides /proc/stat; prometheus_client's ProcessCollector then drops every
+    # process_* metric without an error.
+    assert "ProcSubset" not in directives(UNIT.read_text())
+
+
+def test_denied_system_calls_fail_with_an_error_instead_of_killing() -> None:
+    assert directives(UNIT.read_text())["SystemCallErrorNumber"] == ["EPERM"]
+
+
 def test_environment_file_is_optional_and_sets_every_variable_the_unit_uses() -> None:
     found = directives(UNIT.read_text())
     assert found["EnvironmentFile"] == ["-/etc/default/blockpull-exporter"]
