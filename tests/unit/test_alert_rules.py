@@ -39,6 +39,18 @@ PER_DISK_METRICS = {
 METRIC_NAME = re.compile(r"\b(blockpull_[a-z_]+|up)\b(?!\s*\()")
 
 
+def exported_metric_names() -> set[str]:
+    """Sample names the daemon's renderer emits for a realistic snapshot."""
+    try:
+        from tests.unit.snapshots import realistic_snapshot
+    except ImportError:  # plain layout: tests/unit on sys.path
+        from snapshots import realistic_snapshot  # type: ignore[no-redef]
+    from exporter.metrics import render
+
+    text = render(realistic_snapshot(), "test").decode()
+    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))
+
+
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
@@ -142,6 +154,11 @@ def test_coverage_check_rejects_a_quiet_case_without_the_alerts_series() -> None
 def test_metrics_in_ignores_functions_and_label_values() -> None:
     expr = 'increase(blockpull_jobs_failed_total{state="up"}[5m]) > 0 unless up == 0'
     assert metrics_in(expr) == {"blockpull_jobs_failed_total", "up"}
+
+
+def test_every_metric_the_alerts_use_is_exported_by_the_daemon() -> None:
+    used = {m for rule in alert_rules(load(RULES)) for m in metrics_in(rule["expr"])}
+    assert used - {"up"} - exported_metric_names() == set()
 
 
 def test_rules_live_in_the_blockpull_exporter_group() -> None:

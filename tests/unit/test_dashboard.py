@@ -80,6 +80,18 @@ PER_DISK = COUNTERS | {
 SELECTOR = re.compile(r"\b(blockpull_\w+)\s*(\{[^}]*\})?")
 
 
+def exported_metric_names() -> set[str]:
+    """Sample names the daemon's renderer emits for a realistic snapshot."""
+    try:
+        from tests.unit.snapshots import realistic_snapshot
+    except ImportError:  # plain layout: tests/unit on sys.path
+        from snapshots import realistic_snapshot  # type: ignore[no-redef]
+    from exporter.metrics import render
+
+    text = render(realistic_snapshot(), "test").decode()
+    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))
+
+
 def load_dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 
@@ -231,6 +243,11 @@ def test_query_filters_by_instance_and_per_disk_metrics_by_domain(title: str, ex
         assert INSTANCE_FILTER in matchers, f"{title}: {metric} not filtered by instance"
         if metric in PER_DISK:
             assert DOMAIN_FILTER in matchers, f"{title}: {metric} not filtered by domain"
+
+
+def test_every_metric_the_dashboard_uses_is_exported_by_the_daemon() -> None:
+    used = {m for _, expr in dashboard_queries(DASHBOARD) for m, _ in selectors(expr)}
+    assert used - exported_metric_names() == set()
 
 
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
