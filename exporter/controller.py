@@ -30,11 +30,13 @@ from exporter.model import (
     HostEvent,
     JobEvent,
     JobOutcome,
+    JobType,
     LifecycleEvent,
     Observation,
 )
 from exporter.outcomes import Outcome, OutcomeKind, settle
 from exporter.planner import plan
+from exporter.policy import Policy
 from exporter.policy_source import PolicySource
 from exporter.snapshot import Counters, JobProgress, Snapshot
 from exporter.state_store import StateStore
@@ -134,6 +136,15 @@ class Controller:
         self._next_file_check = now + self._options.file_check_interval
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force: the last one that loaded."""
+        return self._source.policy
+
+    @property
+    def memory(self) -> Memory:
+        return self._memory
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -236,6 +247,8 @@ class Controller:
             self._apply(action, disks.get(action.key, (None, None))[1])
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
+        for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
+            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
         self._forget_samples()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
         self._save_memory()
