@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from invariants import assert_invariants
+
 from exporter.controller import Controller, ControllerOptions
 from exporter.decisions import DiskState
 from exporter.model import DiskKey
 from exporter.policy_source import PolicySource
 from exporter.simhost import GiB, MiB, SimDisk, SimulatedHost
-from invariants import assert_invariants
 
 BASE = "/templates/os-base.qcow2"
 APP = "/templates/app.qcow2"
