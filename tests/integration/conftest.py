@@ -30,6 +30,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(autouse=True)
+def libvirtd_shared() -> Iterator[None]:
+    """Tests that restart libvirtd take this lock exclusively (`helpers.libvirtd_exclusive`);
+    every other test holds it shared, so developers running suites side by side never see
+    libvirtd vanish mid-test. In CI the suite is serial and the lock is always free."""
+    with helpers.libvirtd_lock(exclusive=False):
+        yield
+
+
 @pytest.fixture(scope="session")
 def libvirt_conn() -> Iterator[libvirt.virConnect]:
     reason = helpers.libvirt_unreachable_reason()

@@ -8,13 +8,14 @@ started paused: block jobs run while the guest sits in firmware.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -55,6 +56,21 @@ class DiskSpec:
     source: Path
     source_format: str = "qcow2"
     readonly: bool = False
+
+
+LIBVIRTD_LOCK = Path("/run/lock/blockpull-exporter-tests.lock")
+
+
+@contextlib.contextmanager
+def libvirtd_lock(exclusive: bool) -> Iterator[None]:
+    """Shared for ordinary tests, exclusive for tests that stop or restart libvirtd."""
+    LIBVIRTD_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LIBVIRTD_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def unique_name(label: str) -> str:
