@@ -54,6 +54,7 @@ RACE_REASONS = frozenset(
     }
 )
 MAX_CONNECT_BACKOFF = 30.0
+TIMER_TOLERANCE = 1e-6  # seconds
 
 
 @dataclass(frozen=True)
@@ -191,7 +192,9 @@ class Controller:
                 full = True
             elif isinstance(wake, Reload):
                 full |= self._reload()
-        now = self._clock.monotonic()
+        # A timer is due when the clock reached it; the tolerance absorbs float rounding of
+        # deadlines derived from wall-clock instants (a window boundary must not be missed).
+        now = self._clock.monotonic() + TIMER_TOLERANCE
         if now >= self._next_file_check:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():

@@ -14,6 +14,8 @@ order.
    - `keep_base` set, the chain not empty and no chain image matching it: UNSUPPORTED;
    - no job running and nothing left to pull (chain empty, or its nearest image is the
      keep_base): INDEPENDENT. A disk with a running job is never done while it runs;
+   - no job, but the daemon still tracks the pull it started (its outcome is not proven
+     yet): PENDING, never started twice;
    - a pull job runs: the pull is managed (ours, or adopted when started by hand): PULLING;
    - another job type runs: PENDING, "busy with a <type> job"; never touched, takes a slot;
    - failures remembered for the same disk and policy fingerprints (others count as 0):
@@ -205,6 +207,10 @@ def _triage(
             return triage(DiskState.INDEPENDENT, "no backing image is left below the top")
         if base is not None and disk.chain[0] == base:
             return triage(DiskState.INDEPENDENT, f"only the kept base {base} remains below")
+    if job is None and key in ctx.memory.tracked:
+        # Its pull just vanished and the chain does not show completion yet (libvirt drops
+        # the job before it rewrites the chain): starting again now would pull twice.
+        return triage(DiskState.PENDING, "waiting for the outcome of its last pull")
     if job is not None and job.type is JobType.PULL:
         if is_open:
             return triage(DiskState.PULLING, "pulling", _Role.MANAGED)

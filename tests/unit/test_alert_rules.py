@@ -41,10 +41,8 @@ METRIC_NAME = re.compile(r"\b(blockpull_[a-z_]+|up)\b(?!\s*\()")
 
 def exported_metric_names() -> set[str]:
     """Sample names the daemon's renderer emits for a realistic snapshot."""
-    try:
-        from tests.unit.snapshots import realistic_snapshot
-    except ImportError:  # plain layout: tests/unit on sys.path
-        from snapshots import realistic_snapshot  # type: ignore[no-redef]
+    from snapshots import realistic_snapshot
+
     from exporter.metrics import render
 
     text = render(realistic_snapshot(), "test").decode()

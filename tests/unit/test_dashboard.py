@@ -12,30 +12,18 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-try:
-    from tests.dashboard_queries import (
-        DASHBOARD,
-        NEEDS_STATE,
-        concrete_expr,
-        dashboard_queries,
-        panels,
-    )
-except ImportError:  # tests/ is not a package in this layout: import it from its folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from dashboard_queries import (  # type: ignore[no-redef]
-        DASHBOARD,
-        NEEDS_STATE,
-        concrete_expr,
-        dashboard_queries,
-        panels,
-    )
+from dashboard_queries import (
+    DASHBOARD,
+    NEEDS_STATE,
+    concrete_expr,
+    dashboard_queries,
+    panels,
+)
 
 GRAFANA = DASHBOARD.parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -82,10 +70,8 @@ SELECTOR = re.compile(r"\b(blockpull_\w+)\s*(\{[^}]*\})?")
 
 def exported_metric_names() -> set[str]:
     """Sample names the daemon's renderer emits for a realistic snapshot."""
-    try:
-        from tests.unit.snapshots import realistic_snapshot
-    except ImportError:  # plain layout: tests/unit on sys.path
-        from snapshots import realistic_snapshot  # type: ignore[no-redef]
+    from snapshots import realistic_snapshot
+
     from exporter.metrics import render
 
     text = render(realistic_snapshot(), "test").decode()

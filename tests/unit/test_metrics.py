@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import snapshots as s
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -17,12 +18,6 @@ from exporter.decisions import AbortReason, DiskState
 from exporter.metrics import MetricsRenderer, SnapshotCollector, render
 from exporter.model import DiskKey, JobType
 from exporter.snapshot import Counters, Snapshot
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit import snapshots as s
-except ImportError:
-    import snapshots as s  # type: ignore[no-redef]
 
 VERSION = "1.2.3"
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from fnmatch import fnmatchcase
 
+from builders import apply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,12 +31,6 @@ from exporter.policy import (
     RuleAction,
     Window,
 )
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit.builders import apply
-except ImportError:
-    from builders import apply  # type: ignore[no-redef]
 
 IMAGES = ("/t/base-a.qcow2", "/t/base-b.qcow2", "/o/mid-1.qcow2", "/o/mid-2.qcow2", "/x/raw")
 DOMAIN_NAMES = ("web-1", "web-2", "db-1", "db-2", "app")

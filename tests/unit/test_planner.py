@@ -5,6 +5,23 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from builders import (
+    BASE,
+    MiB,
+    apply,
+    at,
+    disk,
+    domain,
+    failure,
+    ignore,
+    job,
+    key,
+    memory,
+    observation,
+    policy,
+    rule,
+    window,
+)
 
 from exporter.decisions import (
     AbortPull,
@@ -15,48 +32,10 @@ from exporter.decisions import (
     SetSpeed,
     StartPull,
 )
-from exporter.memory import Memory
+from exporter.memory import Memory, TrackedJob
 from exporter.model import Disk, DiskKey, DomainState, JobType, Observation
 from exporter.planner import backoff_delay, plan
 from exporter.policy import OutsideWindows, Policy
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit.builders import (
-        BASE,
-        MiB,
-        apply,
-        at,
-        disk,
-        domain,
-        failure,
-        ignore,
-        job,
-        key,
-        memory,
-        observation,
-        policy,
-        rule,
-        window,
-    )
-except ImportError:
-    from builders import (
-        BASE,
-        MiB,
-        apply,
-        at,
-        disk,
-        domain,
-        failure,
-        ignore,
-        job,
-        key,
-        memory,
-        observation,
-        policy,
-        rule,
-        window,
-    )  # type: ignore[no-redef]
 
 NOON = at("2024-01-03T12:00")  # a Wednesday
 NIGHT = at("2024-01-03T23:00")
@@ -435,3 +414,12 @@ def test_plan_is_deterministic() -> None:
     obs = observation(*(domain(f"vm{i}", disk(chain=(BASE,))) for i in range(20)))
     pol = policy(bandwidth=1000, max_concurrent=3)
     assert run(obs, pol) == run(obs, pol)
+
+
+def test_a_tracked_pull_whose_outcome_is_unproven_is_not_started_again():
+    pol = policy(rule("web", domains=("web-*",)))
+    obs = observation(domain("web-1", disk("vda", chain=(BASE,))))
+    tracked = Memory(tracked={key("web-1"): TrackedJob(None, 0.0, (BASE,))})
+    result = plan(obs, pol, NOON, tracked)
+    assert result.actions == ()
+    assert result.decisions[0].state is DiskState.PENDING

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
+from builders import BASE, disk, ignore, rule
+
 from exporter.model import Disk
 from exporter.policy import Rule
 from exporter.selection import compile_globs, select_rule, selector_for
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit.builders import BASE, disk, ignore, rule
-except ImportError:
-    from builders import BASE, disk, ignore, rule  # type: ignore[no-redef]
 
 
 def selected(rules: tuple[Rule, ...], domain: str, d: Disk) -> str | None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+import snapshots
+from certs import Pki, make_pki
 
 from exporter import web
 from exporter.web import (
@@ -27,16 +29,6 @@ from exporter.web import (
     render_landing_page,
 )
 from exporter.web_config import WebConfig, load_web_config
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit.certs import Pki, make_pki
-except ImportError:
-    from certs import Pki, make_pki  # type: ignore[no-redef]
-try:
-    from tests.unit import snapshots
-except ImportError:
-    import snapshots  # type: ignore[no-redef]
 
 BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))

@@ -9,14 +9,9 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+from certs import Pki, make_pki
 
 from exporter.web_config import ClientAuth, WebConfigError, load_web_config
-
-# The tests tree is importable as a package or as plain directories, depending on layout.
-try:
-    from tests.unit.certs import Pki, make_pki
-except ImportError:
-    from certs import Pki, make_pki  # type: ignore[no-redef]
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 
