@@ -1,0 +1,323 @@
+"""Shared bits of the benchmarks: machine facts, timing, RESULTS.md sections, real-libvirt
+fixtures (unique `bpx-bench-<uuid8>-` names, cleaned up in `finally`) and a recording host.
+
+Import from a benchmark script as `import common` (the scripts put bench/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import queue
+import re
+import shutil
+import statistics
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _path in (ROOT, ROOT / "tests" / "integration"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from exporter.model import BlockJob, DiskKey, HostEvent, Observation  # noqa: E402
+
+URI = "qemu:///system"
+IMAGES = Path("/var/lib/libvirt/images")
+MiB = 1024 * 1024
+RESULTS = BENCH / "RESULTS.md"
+T = TypeVar("T")
+
+
+# -- machine ---------------------------------------------------------------------------------
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def machine(with_libvirt: bool = False) -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    text = (
+        f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+    if with_libvirt:
+        import libvirt
+
+        conn = libvirt.open(URI)
+        try:
+            lib, hv = conn.getLibVersion(), conn.getVersion()
+        finally:
+            conn.close()
+        text += f", libvirt {_version(lib)}, QEMU {_version(hv)}"
+    return text
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def header(title: str, command: str, with_libvirt: bool = False) -> str:
+    return (
+        f"## {title}\n\n"
+        f"Command: `{command}`\n\n"
+        f"Machine: {machine(with_libvirt)}\n\n"
+        f"Recorded {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; load average (1/5/15 min) at the "
+        f"start: {load_average()} (other engineers' integration tests share the 2 cores).\n"
+    )
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Median CPU (this thread, or the process when asked) and wall seconds of some rounds."""
+
+    cpu: float
+    wall: float
+    rounds: int
+
+
+def measure(
+    work: Callable[[], object],
+    rounds: int,
+    *,
+    before: Callable[[], object] | None = None,
+    process: bool = False,
+) -> Cost:
+    """`before` runs untimed ahead of each round. Thread CPU leaves out every sleep."""
+    cpu_clock = time.process_time if process else time.thread_time
+    cpus, walls = [], []
+    for _ in range(rounds):
+        if before is not None:
+            before()
+        cpu, wall = cpu_clock(), time.perf_counter()
+        work()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(cpu_clock() - cpu)
+    return Cost(statistics.median(cpus), statistics.median(walls), rounds)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = (len(ordered) - 1) * p / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def ratio(ours: float, baseline: float) -> str:
+    return f"{ours / baseline:.3f}" if baseline else "n/a"
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def record(section: str, text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section between `<!-- section:begin/end -->` in RESULTS.md."""
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: block, old)
+    else:
+        new = f"{old.rstrip()}\n\n{block}\n"
+    path.write_text(new if new.endswith("\n") else new + "\n")
+
+
+# -- clocks ----------------------------------------------------------------------------------
+
+
+class OffsetClock:
+    """The system clock shifted by `offset` seconds (epoch only), so a window boundary can be
+    put a few seconds ahead; monotonic time and waits are the real ones."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
+        try:
+            return inbox.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+
+# -- a host that records what the controller does ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Call:
+    at: float  # time.monotonic() when the call returned (events: when delivered)
+    kind: str  # start_pull, set_speed, abort, observe, refresh_jobs, event
+    key: DiskKey | None = None
+    detail: Any = None
+
+
+@dataclass
+class RecordingHost:
+    """Wraps any `exporter.host.Host`; timestamps every action and every delivered event."""
+
+    inner: Any
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _note(self, kind: str, key: DiskKey | None = None, detail: Any = None) -> None:
+        with self.lock:
+            self.calls.append(Call(time.monotonic(), kind, key, detail))
+
+    def observe(self) -> Observation:
+        result = self.inner.observe()
+        self._note("observe")
+        return result
+
+    def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
+        result = self.inner.refresh_jobs(keys)
+        self._note("refresh_jobs", detail=len(result))
+        return result
+
+    def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
+        at = time.monotonic()  # the call's start: the reaction is the decision, not libvirt
+        self.inner.start_pull(key, base, bandwidth)
+        with self.lock:
+            self.calls.append(Call(at, "start_pull", key, bandwidth))
+
+    def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
+        at = time.monotonic()
+        self.inner.set_speed(key, bandwidth)
+        with self.lock:
+            self.calls.append(Call(at, "set_speed", key, bandwidth))
+
+    def abort(self, key: DiskKey) -> None:
+        at = time.monotonic()
+        self.inner.abort(key)
+        with self.lock:
+            self.calls.append(Call(at, "abort", key))
+
+    def subscribe(self, sink: Callable[[HostEvent], None]) -> None:
+        def recorded(event: HostEvent) -> None:
+            self._note("event", getattr(event, "key", None), event)
+            sink(event)
+
+        self.inner.subscribe(recorded)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def of(self, kind: str) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.kind == kind]
+
+
+# -- real libvirt: unique names, chains, domains, clean-up ------------------------------------
+
+
+@dataclass
+class Lab:
+    """Domains and images of one benchmark run; `close()` removes them all."""
+
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    domains: list[str] = field(default_factory=list)
+    folder: Path | None = None
+    conn: Any = None
+
+    @property
+    def prefix(self) -> str:
+        return f"bpx-bench-{self.tag}-"
+
+    def open(self) -> Lab:
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda *_: None, None)  # errors raise; no stderr noise
+        self.conn = libvirt.open(URI)
+        self.folder = IMAGES / f"bpx-bench-{self.tag}"
+        self.folder.mkdir(mode=0o755)
+        self.folder.chmod(0o755)  # QEMU (libvirt-qemu) must enter it
+        return self
+
+    def chain(self, name: str, size_mib: int, fill_mib: int) -> Any:
+        import helpers
+
+        assert self.folder is not None
+        return helpers.create_chain(self.folder, name, 1, size_mib, fill_mib)
+
+    def start(self, label: str, disks: Sequence[tuple[str, Path]]) -> str:
+        """A transient paused TCG domain with qcow2 disks (target, top image)."""
+        import helpers
+
+        name = self.prefix + label
+        self.domains.append(name)  # before the start: a half-made domain is removed too
+        specs = [helpers.DiskSpec(target, top) for target, top in disks]
+        helpers.start_domain(self.conn, name, specs, persistent=False)
+        return name
+
+    def _remove(self, name: str) -> None:
+        import libvirt
+
+        with contextlib.suppress(libvirt.libvirtError):  # never started, or gone already
+            dom = self.conn.lookupByName(name)
+            dom.destroy()  # transient: a destroy also undefines
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.lookupByName(name).undefine()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with ThreadPoolExecutor(max_workers=8) as pool:  # a destroy takes ~1-2 s
+                list(pool.map(self._remove, self.domains))
+            self.conn.close()
+        if self.folder is not None and self.folder.name.startswith("bpx-bench-"):
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lab() -> Iterator[Lab]:
+    """A Lab under the integration suites' shared libvirtd lock (no restart mid-benchmark)."""
+    import helpers
+
+    with helpers.libvirtd_lock(exclusive=False):
+        made = Lab()
+        try:
+            yield made.open()
+        finally:
+            made.close()
+
+
+def write_policy(folder: Path, text: str, name: str = "policy.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
