@@ -1,0 +1,217 @@
+"""Bandwidth: the aggregate rate of running pulls against the budget, and the time to drain a
+backlog against bytes / budget, beside a serial `virsh blockpull --wait` loop.
+
+    .venv/bin/python bench/bandwidth.py [--budget-mib 20] [--disk-mib 64] [--record]
+
+Real QEMU through qemu:///system, paused TCG domains named `bpx-bench-<uuid8>-*`; each disk is
+a qcow2 overlay on a base whose every byte holds data (QEMU skips unallocated clusters without
+rate limiting, which would inflate `cur`). The policies select only this run's domains.
+
+1. Aggregate rate: 3 pulls at once under a `--budget-mib` MiB/s budget (max_concurrent 3);
+   the `cur` of every job is sampled every 0.5 s on a separate connection; the rate is the
+   sum of the cur deltas over the span in which all three run. Target: within 10% of budget.
+2. Drain: 6 disks, max_concurrent 2, the same budget: from the first start_pull to the last
+   `completed` event, against (bytes to copy / budget). Target <= 1.1x. Baseline in the same
+   run: `virsh blockpull DOM DISK --wait --bandwidth B` over 6 fresh disks, one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import itertools
+
+import common
+from common import RecordingHost, table
+
+from exporter.clock import SystemClock
+from exporter.controller import Controller, Shutdown
+from exporter.libvirt_host import LibvirtHost
+from exporter.model import DiskKey, JobEvent, JobOutcome
+from exporter.policy_source import PolicySource
+
+MiB = common.MiB
+SAMPLE = 0.5
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def make_disks(lab: common.Lab, label: str, domains: int, per: int, mib: int) -> list[DiskKey]:
+    keys = []
+    for d in range(domains):
+        targets = ("vda", "vdb", "vdc", "vdd")[:per]
+        specs = [(t, lab.chain(f"{label}{d}-{t}", mib, mib).top) for t in targets]
+        name = lab.start(f"{label}{d}", specs)
+        keys += [DiskKey(name, t) for t in targets]
+    return keys
+
+
+def policy(lab: common.Lab, label: str, budget_mib: int, slots: int) -> Path:
+    assert lab.folder is not None
+    text = (
+        f"version: 1\ndefaults: {{bandwidth: {budget_mib}MiB/s, max_concurrent: {slots}}}\n"
+        f'rules:\n  - name: bench\n    domains: ["{lab.prefix}{label}*"]\n'
+    )
+    return common.write_policy(lab.folder, text, f"{label}.yaml")
+
+
+class Daemon:
+    """A controller on its own loop over a recording LibvirtHost."""
+
+    def __init__(self, path: Path) -> None:
+        self.host = RecordingHost(LibvirtHost(common.URI))
+        self.controller = Controller(self.host, PolicySource(path), SystemClock())
+        self.thread = threading.Thread(target=self.controller.run, daemon=True)
+
+    def __enter__(self) -> Daemon:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.controller.inbox.put(Shutdown())
+        self.thread.join(timeout=30)
+
+    def completed(self, keys: list[DiskKey]) -> list[common.Call]:
+        return [
+            c
+            for c in self.host.of("event")
+            if isinstance(c.detail, JobEvent)
+            and c.detail.outcome is JobOutcome.COMPLETED
+            and c.key in keys
+        ]
+
+
+# -- 1. aggregate rate ----------------------------------------------------------------------
+
+
+def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
+    import libvirt
+
+    keys = make_disks(lab, "a", 1, 3, mib)
+    doms = {k.domain: lab.conn.lookupByName(k.domain) for k in keys}
+    flag = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+    samples: list[tuple[float, list[int], list[int]]] = []  # time, cur, bandwidth per job
+
+    def sample() -> bool:
+        infos = [doms[k.domain].blockJobInfo(k.disk, flag) for k in keys]
+        samples.append(
+            (
+                time.monotonic(),
+                [i.get("cur", -1) for i in infos],
+                [i.get("bandwidth", -1) for i in infos],
+            )
+        )
+        return all(not i for i in infos) and len(samples) > 4
+
+    with Daemon(policy(lab, "a", budget_mib, 3)) as daemon:
+        if not wait_for(lambda: len(daemon.host.of("start_pull")) >= 3, 30):
+            raise RuntimeError("the three pulls did not start")
+        wait_for(sample, 20 + 3 * mib / budget_mib, interval=SAMPLE)
+    # The span in which all three jobs run and have moved: cur > 0 and < end for each.
+    end = mib * MiB
+    full = [(t, sum(c)) for t, c, _ in samples if all(0 < x < end for x in c)]
+    if len(full) < 3:
+        raise RuntimeError(f"too few samples with all three pulls running: {samples}")
+    (t0, c0), (t1, c1) = full[0], full[-1]
+    rate = (c1 - c0) / (t1 - t0)
+    steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(full)]
+    limits = {tuple(b) for _, c, b in samples if all(0 < x < end for x in c)}
+    budget = budget_mib * MiB
+    return (
+        f"### Aggregate rate: 3 pulls, budget {budget_mib} MiB/s\n\n"
+        f"{len(full)} samples every {SAMPLE} s over {t1 - t0:.1f} s with all three running; "
+        f"job limits seen (bytes/s): {sorted(limits)}.\n\n"
+        + table(
+            ["aggregate MiB/s", "budget MiB/s", "ratio", "within 10%", "per-interval MiB/s"],
+            [
+                [
+                    f"{rate / MiB:.2f}",
+                    budget_mib,
+                    f"{rate / budget:.3f}",
+                    "yes" if abs(rate / budget - 1) <= 0.1 else "NO",
+                    f"{min(steps) / MiB:.1f} - {max(steps) / MiB:.1f}",
+                ]
+            ],
+        )
+    )
+
+
+# -- 2. drain -------------------------------------------------------------------------------
+
+
+def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
+    domains = disks // 2
+    keys = make_disks(lab, "b", domains, 2, mib)
+    with Daemon(policy(lab, "b", budget_mib, 2)) as daemon:
+        if not wait_for(
+            lambda: len(daemon.completed(keys)) >= len(keys), 60 + 3 * disks * mib / budget_mib
+        ):
+            raise RuntimeError(f"only {len(daemon.completed(keys))} of {len(keys)} pulls done")
+        first = min(c.at for c in daemon.host.of("start_pull") if c.key in keys)
+        last = max(c.at for c in daemon.completed(keys))
+    ours = last - first
+    serial_keys = make_disks(lab, "s", domains, 2, mib)
+    started = time.monotonic()
+    for key in serial_keys:
+        subprocess.run(
+            ["virsh", "-q", "-c", common.URI, "blockpull", key.domain, key.disk, "--wait",
+             "--bandwidth", str(budget_mib)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    serial = time.monotonic() - started
+    ideal = disks * mib / budget_mib
+    rows = [
+        ["daemon (max_concurrent 2)", f"{ours:.2f}", f"{ours / ideal:.3f}",
+         "yes" if ours <= 1.1 * ideal else "NO"],
+        [f"serial `virsh blockpull --wait --bandwidth {budget_mib}`", f"{serial:.2f}",
+         f"{serial / ideal:.3f}", "yes" if serial <= 1.1 * ideal else "NO"],
+    ]  # fmt: skip
+    return (
+        f"### Drain: {disks} disks x {mib} MiB, budget {budget_mib} MiB/s\n\n"
+        f"Bytes / budget = {disks * mib} MiB / {budget_mib} MiB/s = {ideal:.2f} s. Daemon: from "
+        "its first start_pull to the last `completed` event. Serial: the whole loop, virsh "
+        "start-up included.\n\n"
+        + table(["who", "seconds", "x bytes/budget", "<= 1.1x"], rows)
+        + f"\nDaemon / serial: {ours / serial:.3f}.\n"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-mib", type=int, default=20)
+    parser.add_argument("--disk-mib", type=int, default=64)
+    parser.add_argument("--drain-disks", type=int, default=6)
+    parser.add_argument("--record", action="store_true", help="update bench/RESULTS.md")
+    args = parser.parse_args()
+    command = ("python bench/bandwidth.py " + " ".join(sys.argv[1:])).strip()
+    text = common.header("Bandwidth (bench/bandwidth.py)", command, with_libvirt=True)
+    print(text, flush=True)
+    with common.lab() as lab:
+        part = aggregate(lab, args.budget_mib, args.disk_mib)
+        print(part, flush=True)
+        text += "\n" + part
+        part = drain(lab, args.budget_mib, args.disk_mib, args.drain_disks)
+        print(part, flush=True)
+        text += "\n" + part
+    text += f"\nLoad average at the end: {common.load_average()}.\n"
+    if args.record:
+        common.record("bandwidth", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
