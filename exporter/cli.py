@@ -1,7 +1,8 @@
 """Command line: `blockpull-exporter {run,check,plan,status}`.
 
-Each subcommand lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`.
-Those modules import libvirt only inside their functions, so `check` never needs libvirt.
+Each subcommand lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`,
+imported only when that subcommand is chosen: `check` (Ansible's `validate:`, systemd's
+`ExecStartPre=`) never depends on libvirt, the web server or anything else being importable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for the `chosen` subcommand; the others only by name and help."""
     parser = argparse.ArgumentParser(
         prog="blockpull-exporter",
         description="Drive libvirt block pulls from a declarative policy; export Prometheus "
@@ -31,13 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(command)
+        if name == chosen:
+            importlib.import_module(module).add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in arguments if not a.startswith("-")), None)
+    args = build_parser(chosen).parse_args(arguments)
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     return int(module.main(args))
 

@@ -331,7 +331,7 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
             (cuts if _is_lower(share, current) else raises).append(speed)
     starts = [StartPull(t.key, t.base, share, _start_reason(t)) for t in started]
     for item in started:
-        decided[item.key] = item.decided(DiskState.PULLING, "pull started by this plan")
+        decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     waiting = _pending_reason(budget, alloc)
     for item in candidates[alloc.start :]:
         decided[item.key] = item.decided(DiskState.PENDING, waiting)

@@ -108,7 +108,7 @@ def eta(job: BlockJob, rate: float | None) -> str:
         return "-"
     if not rate:
         return "?"
-    return format_duration((job.end - job.cur) / rate)
+    return format_duration(round((job.end - job.cur) / rate))
 
 
 def render_status(
@@ -143,6 +143,12 @@ def backlog_line(observation: Observation, decisions: Sequence[DiskDecision] | N
         waiting = sum(1 for _, disk in observation.disks().values() if disk.chain)
         return f"backlog: {waiting} disk(s) still depend on a backing image"
     done = {DiskState.INDEPENDENT, DiskState.IGNORED}
-    states = Counter(d.state for d in decisions if d.rule is not None and d.state not in done)
+    running = _jobs(observation).keys()
+    states = Counter(
+        # A plan "starts" pulls it would start now; status reports what the host does.
+        DiskState.PENDING if d.state is DiskState.PULLING and d.key not in running else d.state
+        for d in decisions
+        if d.rule is not None and d.state not in done
+    )
     detail = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
     return f"backlog: {sum(states.values())} disk(s) to pull" + (f" ({detail})" if detail else "")

@@ -1,0 +1,67 @@
+"""The command line: subcommands against the simulated host, so no libvirt is needed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from exporter.cli import main
+from exporter.model import BlockJob, DiskKey, JobType
+from exporter.status_command import eta, progress_bar
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "policies" / "example.yaml"
+
+
+def test_check_imports_neither_libvirt_nor_the_daemon():
+    code = (
+        "import sys; from exporter.cli import main; rc = main(['check', sys.argv[1]]);"
+        "assert rc == 0; bad = {'libvirt', 'exporter.web', 'exporter.controller'} & "
+        "set(sys.modules); assert not bad, bad"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def test_plan_on_the_simulated_host_explains_every_disk_and_acts_on_nothing(tmp_path, capsys):
+    uri = f"sim://{tmp_path}/host.json"
+    args = ["--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
+    assert main(["plan", *args]) == 0
+    first = capsys.readouterr().out
+    assert main(["plan", *args]) == 0
+    assert capsys.readouterr().out.count("start pull of") == first.count("start pull of") > 0
+    assert "db-1    vda   databases  ignored" in first
+
+
+def test_status_on_the_simulated_host_shows_the_backlog(tmp_path, capsys):
+    uri = f"sim://{tmp_path}/host.json"
+    args = ["--libvirt.uri", uri, "--policy.file", str(EXAMPLE)]
+    assert main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("0 block job(s) running")
+    assert "backlog: 4 disk(s) to pull (4 pending)" in out
+
+
+def test_plan_refuses_an_invalid_policy_with_exit_1(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 2\n")
+    assert main(["plan", "--policy.file", str(bad), "--libvirt.uri", f"sim://{tmp_path}/h"]) == 1
+    assert "bad.yaml:1" in capsys.readouterr().err
+
+
+def test_progress_bar_fills_in_proportion():
+    assert progress_bar(50, 100) == "[############------------]  50%"
+
+
+def test_eta_is_unknown_without_a_rate_and_absent_when_done():
+    job = BlockJob(JobType.PULL, 10, 100, 0)
+    assert (eta(job, None), eta(job, 9.0), eta(BlockJob(JobType.PULL, 5, 5, 0), 1.0)) == (
+        "?",
+        "10s",
+        "-",
+    )
+
+
+def test_status_keys_render_as_domain_slash_disk():
+    assert str(DiskKey("web-1", "vda")) == "web-1/vda"
