@@ -59,8 +59,7 @@ def describe_action(action: Action) -> str:
     if isinstance(action, SetSpeed):
         return f"set speed of {action.key} to {speed}: {action.reason}"
     assert isinstance(action, StartPull)
-    target = f"down to {action.base}" if action.base else "full"
-    return f"start pull of {action.key} ({target}) at {speed}: {action.reason}"
+    return f"start pull of {action.key} at {speed}: {action.reason}"
 
 
 def describe(result: Plan, source: str) -> str:
