@@ -12,6 +12,7 @@ import fcntl
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import time
 import uuid
@@ -252,3 +253,68 @@ def libvirt_unreachable_reason(uri: str = URI) -> str | None:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def create_raw_base(
+    folder: Path, name: str = "base", size_mib: int = 64, fill_mib: int = 32
+) -> Path:
+    """A raw image holding `fill_mib` MiB of BASE_PATTERN, readable by libvirt-qemu."""
+    base = folder / f"{name}.raw"
+    run("qemu-img", "create", "-q", "-f", "raw", base, f"{size_mib}M")
+    if fill_mib:
+        run("qemu-io", "-f", "raw", "-c", f"write -P {BASE_PATTERN:#x} 0 {fill_mib}M", base)
+    base.chmod(0o644)
+    return base
+
+
+def start_nbd(image: Path, port: int, export: str) -> subprocess.Popen[bytes]:
+    """qemu-nbd serving raw `image` as nbd://127.0.0.1:port/export, persistent (-t), shared by
+    several clients (qemu-img probes it while QEMU holds its own connection); waits until it
+    listens. Stop it with `stop_nbd`."""
+    process = subprocess.Popen(
+        [
+            "qemu-nbd",
+            "-f",
+            "raw",
+            "-p",
+            str(port),
+            "-b",
+            "127.0.0.1",
+            "-t",
+            "-e",
+            "4",
+            "-x",
+            export,
+            str(image),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"qemu-nbd exited: {process.stderr.read().decode() if process.stderr else ''}"
+            )
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    if not wait_for(listening, 15, 0.05):
+        stop_nbd(process)
+        raise RuntimeError(f"qemu-nbd does not listen on 127.0.0.1:{port}")
+    return process
+
+
+def stop_nbd(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, as a crashing storage server would go; a stopped process is fine."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(10)
+
+
+def create_nbd_overlay(folder: Path, url: str, name: str = "nbd-top") -> Path:
+    """A qcow2 overlay whose backing file is the raw NBD export at `url`."""
+    top = folder / f"{name}.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", url, top)
+    top.chmod(0o644)
+    return top

@@ -1,0 +1,131 @@
+"""A real failing pull makes a real Prometheus, loaded with prometheus/alerts.yml as shipped,
+fire BlockpullJobFailed; once the backing store is back, the daemon's retry succeeds.
+
+The failing backing store (DESIGN.md): the disk's base is a raw image served by qemu-nbd; the
+daemon starts a throttled pull of the overlay above it, and qemu-nbd is killed mid-pull, so
+QEMU's reads fail and libvirt reports the job failed. qemu-nbd is then restarted on the same
+port and the retry (policy backoff 2 s) completes the pull.
+
+The rules file is an unchanged copy of prometheus/alerts.yml. BlockpullJobFailed has no `for:`
+today; the test reads the rule's `for` and waits it out, and refuses (rather than waits) if it
+ever grows beyond a minute.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import helpers
+import pytest
+import yaml
+from conftest import Domains
+from exporter_process import ExporterProcess, policy_for_domains, running_exporter
+from helpers import DiskSpec
+from prometheus_server import ALERTS, PrometheusServer, free_port, rules_copy, running_prometheus
+
+from exporter.model import DiskKey
+
+ALERT = "BlockpullJobFailed"
+MAX_FOR_SECONDS = 60.0
+# 32 MiB at 2 MiB/s: ~16 s, so the kill lands mid-pull even on a loaded machine.
+POLICY_BANDWIDTH = "2MiB/s"
+PROGRESS = ["--progress.interval", "0.5"]
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def rule_for_seconds(alerts: Path, alert: str) -> float:
+    """The `for:` of `alert` in the rules file, in seconds (0 when it has none)."""
+    for group in yaml.safe_load(alerts.read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == alert:
+                text = str(rule.get("for", "0s"))
+                return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION.findall(text))
+    raise KeyError(f"{alert} is not in {alerts}")
+
+
+@pytest.fixture
+def nbd_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def nbd_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every qemu-nbd the test starts, killed on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        helpers.stop_nbd(process)
+
+
+def _context(daemon: ExporterProcess, prometheus: PrometheusServer) -> str:
+    return f"{daemon.describe()}\n{prometheus.describe()}"
+
+
+def _labels(key: DiskKey) -> str:
+    return f'{{domain="{key.domain}",disk="{key.disk}"}}'
+
+
+def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
+    domains: Domains,
+    image_folder: Path,
+    tmp_path: Path,
+    nbd_port: int,
+    nbd_processes: list[subprocess.Popen[bytes]],
+) -> None:
+    alert_for = rule_for_seconds(ALERTS, ALERT)
+    assert alert_for <= MAX_FOR_SECONDS, f"{ALERT} for: {alert_for} s is too long to wait out"
+    base = helpers.create_raw_base(image_folder, fill_mib=32)
+    export = "base"
+    nbd_processes.append(helpers.start_nbd(base, nbd_port, export))
+    top = helpers.create_nbd_overlay(image_folder, f"nbd://127.0.0.1:{nbd_port}/{export}")
+    key = DiskKey(domains.start("alert", [DiskSpec("vda", top)]).name(), "vda")
+    # Several attempts: QEMU's NBD client may fail the first retry while it reconnects.
+    policy = policy_for_domains(
+        [key.domain], bandwidth=POLICY_BANDWIDTH, max_attempts=8, backoff="2s"
+    )
+    rules = rules_copy(tmp_path)
+    with (
+        running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon,
+        running_prometheus([daemon.address], tmp_path / "prometheus", rules) as prometheus,
+    ):
+        labels = _labels(key)
+        # Prometheus must hold the pre-initialised 0 before the failure, or increase() misses it.
+        prometheus.wait_until(
+            lambda: (
+                prometheus.values(f"blockpull_jobs_failed_total{labels} == 0")
+                and prometheus.values(f"blockpull_job_cursor_bytes{labels} > 0")
+            ),
+            timeout=90,
+            what=f"failed_total 0 and a moving cursor for {key} in Prometheus",
+            details=daemon.describe(),
+        )
+        helpers.stop_nbd(nbd_processes[0])  # the backing store dies mid-pull
+        daemon.wait_value("blockpull_jobs_failed_total", 1, timeout=60, key=key)
+        nbd_processes.append(helpers.start_nbd(base, nbd_port, export))  # and comes back
+
+        prometheus.wait_until(
+            lambda: bool(prometheus.firing(ALERT, domain=key.domain, disk=key.disk)),
+            timeout=alert_for + 60,
+            what=f"{ALERT} firing for {key} in /api/v1/alerts",
+            details=daemon.describe(),
+        )
+        alert = prometheus.firing(ALERT, domain=key.domain, disk=key.disk)[0]
+        assert alert["labels"]["severity"] == "warning", alert
+        assert alert["labels"]["job"] == "blockpull-exporter", alert
+
+        daemon.wait_value("blockpull_jobs_completed_total", 1, timeout=120, key=key)
+        samples = daemon.samples()
+        context = _context(daemon, prometheus)
+
+    def value(name: str) -> float | None:
+        return samples.get((name, frozenset({"domain": key.domain, "disk": key.disk}.items())))
+
+    assert value("blockpull_jobs_started_total") >= 2, context  # the failed pull and a retry
+    assert value("blockpull_disk_consecutive_failures") == 0, context  # reset by the success
+    assert value("blockpull_disk_backing_depth") == 0, context  # the NBD base is not needed
+    domains.stop(key.domain)  # QEMU flushes the overlay; then its content is the base's
+    assert helpers.same_content(top, base), f"{top} differs from {base}"
