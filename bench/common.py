@@ -262,6 +262,40 @@ class RecordingHost:
             return [c for c in self.calls if c.kind == kind]
 
 
+class ForeignWatch:
+    """Samples a controller's snapshot: which block jobs on the host are not the daemon's.
+
+    On a libvirtd shared with other engineers' tests, their jobs are foreign to the policy and,
+    by design, take a slot of the host budget (and their bandwidth limit): a benchmark must
+    say when they were there.
+    """
+
+    def __init__(self, snapshot: Callable[[], Any], every: float = 0.05) -> None:
+        self._snapshot = snapshot
+        self._every = every
+        self._stop = threading.Event()
+        self.seen: list[tuple[float, tuple[tuple[str, int], ...]]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            jobs = self._snapshot().jobs
+            foreign = tuple(sorted((str(j.key), j.job.bandwidth) for j in jobs if not j.managed))
+            self.seen.append((time.monotonic(), foreign))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def during(self, start: float, end: float) -> set[tuple[str, int]]:
+        """Foreign jobs (key, bandwidth limit) seen between the two monotonic instants."""
+        return {job for t, jobs in self.seen if start - 0.1 <= t <= end + 0.1 for job in jobs}
+
+    def ever(self) -> set[tuple[str, int]]:
+        return {job for _, jobs in self.seen for job in jobs}
+
+
 # -- real libvirt: unique names, chains, domains, clean-up ------------------------------------
 
 
