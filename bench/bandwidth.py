@@ -79,11 +79,21 @@ class Daemon:
 
     def __enter__(self) -> Daemon:
         self.thread.start()
+        self.watch = common.ForeignWatch(lambda: self.controller.snapshot)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.controller.inbox.put(Shutdown())
         self.thread.join(timeout=30)
+        self.watch.stop()
+
+    def foreign_note(self) -> str:
+        """Other engineers' jobs take slots and bandwidth of the host budget, by design."""
+        seen = sorted(self.watch.ever())
+        if not seen:
+            return "No foreign block job ran on the host meanwhile.\n"
+        jobs = ", ".join(f"{k} (limit {b} B/s)" for k, b in seen)
+        return f"Foreign block jobs (other engineers' tests) seen meanwhile: {jobs}.\n"
 
     def completed(self, keys: list[DiskKey]) -> list[common.Call]:
         return [
@@ -121,6 +131,7 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
         if not wait_for(lambda: len(daemon.host.of("start_pull")) >= 3, 30):
             raise RuntimeError("the three pulls did not start")
         wait_for(sample, 20 + 3 * mib / budget_mib, interval=SAMPLE)
+        note = daemon.foreign_note()
     # The span in which all three jobs run and have moved: cur > 0 and < end for each.
     end = mib * MiB
     full = [(t, sum(c)) for t, c, _ in samples if all(0 < x < end for x in c)]
@@ -134,7 +145,7 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
     return (
         f"### Aggregate rate: 3 pulls, budget {budget_mib} MiB/s\n\n"
         f"{len(full)} samples every {SAMPLE} s over {t1 - t0:.1f} s with all three running; "
-        f"job limits seen (bytes/s): {sorted(limits)}.\n\n"
+        f"job limits seen (bytes/s): {sorted(limits)}. {note}\n"
         + table(
             ["aggregate MiB/s", "budget MiB/s", "ratio", "within 10%", "per-interval MiB/s"],
             [
@@ -163,6 +174,7 @@ def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
             raise RuntimeError(f"only {len(daemon.completed(keys))} of {len(keys)} pulls done")
         first = min(c.at for c in daemon.host.of("start_pull") if c.key in keys)
         last = max(c.at for c in daemon.completed(keys))
+        note = daemon.foreign_note()
     ours = last - first
     serial_keys = make_disks(lab, "s", domains, 2, mib)
     started = time.monotonic()
@@ -184,7 +196,7 @@ def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
         f"### Drain: {disks} disks x {mib} MiB, budget {budget_mib} MiB/s\n\n"
         f"Bytes / budget = {disks * mib} MiB / {budget_mib} MiB/s = {ideal:.2f} s. Daemon: from "
         "its first start_pull to the last `completed` event. Serial: the whole loop, virsh "
-        "start-up included.\n\n"
+        f"start-up included. {note}\n"
         + table(["who", "seconds", "x bytes/budget", "<= 1.1x"], rows)
         + f"\nDaemon / serial: {ours / serial:.3f}.\n"
     )
