@@ -42,17 +42,19 @@ def daemon_command() -> list[str]:
 def policy_for_domains(
     domains: Sequence[str],
     bandwidth: str = "6MiB/s",
-    max_concurrent: int = 20,
+    max_concurrent: int = 500,
     max_attempts: int = 5,
     backoff: str = "2s",
     max_backoff: str = "2s",
     rule: str = "e2e",
+    window: str | None = None,
 ) -> str:
     """A policy whose only rule selects exactly `domains`, by name.
 
     Never a glob: other suites share this libvirtd, and a catch-all would pull their disks.
-    max_concurrent is high because jobs of other suites' domains count against it (they are
-    foreign jobs to this daemon, each taking a slot).
+    max_concurrent is very high because jobs of other suites' domains count against it (they are
+    foreign jobs to this daemon, each taking a slot). `window`: the name of a window open all
+    day, every day, that the rule lists (so blockpull_window_active has a series).
     """
     if not domains:
         raise ValueError("a test policy must name its domains")
@@ -60,6 +62,8 @@ def policy_for_domains(
         if any(c in name for c in "*?[]"):
             raise ValueError(f"{name!r}: test policies name domains exactly, no globs")
     names = ", ".join(f'"{d}"' for d in domains)
+    windows = f"windows:\n  {window}: {{days: daily}}\n" if window else ""
+    rule_windows = f"    windows: [{window}]\n" if window else ""
     return (
         "version: 1\n"
         "defaults:\n"
@@ -67,9 +71,11 @@ def policy_for_domains(
         f"  max_concurrent: {max_concurrent}\n"
         f"  retry: {{max_attempts: {max_attempts}, backoff: {backoff}, "
         f"max_backoff: {max_backoff}}}\n"
+        f"{windows}"
         "rules:\n"
         f"  - name: {rule}\n"
         f"    domains: [{names}]\n"
+        f"{rule_windows}"
     )
 
 

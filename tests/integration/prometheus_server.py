@@ -132,17 +132,23 @@ class PrometheusServer:
         return f"Prometheus targets:\n{targets}\nPrometheus log tail:\n{self.log()[-3000:]}"
 
     def wait_until(
-        self, predicate: Callable[[], bool], timeout: float, what: str, details: str = ""
+        self,
+        predicate: Callable[[], bool],
+        timeout: float,
+        what: str,
+        details: str | Callable[[], str] = "",
     ) -> float:
-        """Seconds until `predicate()` held; else fails naming `what`, with our state."""
+        """Seconds until `predicate()` held; else fails naming `what`, with `details` (text, or
+        a function called at the failure) and our state."""
         began = time.monotonic()
         deadline = began + timeout
         while True:
             if predicate():
                 return time.monotonic() - began
             if time.monotonic() > deadline:
+                text = details() if callable(details) else details
                 raise AssertionError(
-                    f"not within {timeout:.0f} s: {what}\n{details}\n{self.describe()}"
+                    f"not within {timeout:.0f} s: {what}\n{text}\n{self.describe()}"
                 )
             time.sleep(0.5)
 
