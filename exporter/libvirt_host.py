@@ -23,6 +23,7 @@ Nothing retries on its own: no thread sleeps or loops on reconnection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -164,10 +165,33 @@ class LibvirtHost:
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
-        domains.sort(key=lambda d: d.name)
+        domains = self._states_after(conn, domains)
         with self._lock:
             self._domains = handles
         return Observation(tuple(domains))
+
+    def _states_after(self, conn: libvirt.virConnect, domains: list[Domain]) -> list[Domain]:
+        """The domains with their state read again, after their XML.
+
+        libvirt drops a disk's backing chain from the live XML as soon as the domain starts
+        going down, while the first listing may still say running: read in that order, a
+        destroyed domain mid-pull would look like a running one whose pull just completed.
+        States only move towards shut off, so a state read after the XML is the safe one.
+        """
+        try:
+            stats = conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+        except libvirt.libvirtError as error:
+            raise self._failed(error) from error
+        states = {
+            dom.UUIDString(): _STATES.get(values.get("state.state"), DomainState.OTHER)
+            for dom, values in stats
+        }
+        fresh = [
+            dataclasses.replace(d, state=states[d.uuid]) if states[d.uuid] != d.state else d
+            for d in domains
+            if d.uuid in states  # undefined meanwhile
+        ]
+        return sorted(fresh, key=lambda d: d.name)
 
     def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
         conn = self._connection()

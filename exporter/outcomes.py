@@ -74,10 +74,15 @@ def settle(
         if disk.job is not None and disk.job.type is JobType.PULL:
             running.add(key)
             continue
-        if reached_target(disk, job):
+        if not domain.state.can_run_jobs:
+            # A stopped domain's (inactive) XML has no backing chain at all: an empty chain
+            # proves nothing there, only a completion event does.
+            if events.get(key) is JobOutcome.COMPLETED:
+                outcomes.append(Outcome(key, OutcomeKind.COMPLETED))
+            else:
+                outcomes.append(Outcome(key, OutcomeKind.ABORTED, AbortReason.DOMAIN_STOPPED))
+        elif reached_target(disk, job):
             outcomes.append(Outcome(key, OutcomeKind.COMPLETED))
-        elif not domain.state.can_run_jobs:
-            outcomes.append(Outcome(key, OutcomeKind.ABORTED, AbortReason.DOMAIN_STOPPED))
         elif events.get(key) is JobOutcome.FAILED:
             outcomes.append(Outcome(key, OutcomeKind.FAILED))
         elif events.get(key) is JobOutcome.CANCELED:
