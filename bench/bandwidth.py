@@ -39,6 +39,10 @@ from exporter.policy_source import PolicySource
 
 MiB = common.MiB
 SAMPLE = 0.5
+# QEMU 7.2 on this machine segfaulted (dmesg: "qemu-system-x86 ... segfault at 40") while three
+# rate-limited pulls ran in one domain; other engineers' domains crash alike. One disk per
+# domain keeps the benchmark about rates, not about that crash.
+ONE_JOB_PER_QEMU = True
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
@@ -111,7 +115,7 @@ class Daemon:
 def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
     import libvirt
 
-    keys = make_disks(lab, "a", 1, 3, mib)
+    keys = make_disks(lab, "a", 3, 1, mib)  # one pull per QEMU: see ONE_JOB_PER_QEMU
     doms = {k.domain: lab.conn.lookupByName(k.domain) for k in keys}
     flag = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
     samples: list[tuple[float, list[int], list[int]]] = []  # time, cur, bandwidth per job
@@ -165,8 +169,7 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
 
 
 def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
-    domains = disks // 2
-    keys = make_disks(lab, "b", domains, 2, mib)
+    keys = make_disks(lab, "b", disks, 1, mib)
     with Daemon(policy(lab, "b", budget_mib, 2)) as daemon:
         if not wait_for(
             lambda: len(daemon.completed(keys)) >= len(keys), 60 + 3 * disks * mib / budget_mib
@@ -175,8 +178,9 @@ def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
         first = min(c.at for c in daemon.host.of("start_pull") if c.key in keys)
         last = max(c.at for c in daemon.completed(keys))
         note = daemon.foreign_note()
+        capacity = usable_budget(daemon.watch.seen, first, last, budget_mib * MiB, 2)
     ours = last - first
-    serial_keys = make_disks(lab, "s", domains, 2, mib)
+    serial_keys = make_disks(lab, "s", disks, 1, mib)
     started = time.monotonic()
     for key in serial_keys:
         subprocess.run(
@@ -198,8 +202,31 @@ def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
         "its first start_pull to the last `completed` event. Serial: the whole loop, virsh "
         f"start-up included. {note}\n"
         + table(["who", "seconds", "x bytes/budget", "<= 1.1x"], rows)
-        + f"\nDaemon / serial: {ours / serial:.3f}.\n"
+        + f"\nDaemon / serial: {ours / serial:.3f}. Serial virsh achieved "
+        f"{disks * mib / serial:.2f} MiB/s of the {budget_mib} MiB/s it asked QEMU for.\n"
+        + "\nForeign jobs take slots and bandwidth of the host budget by design, so the daemon's "
+        "drain is also compared with the budget it was allowed to use: the integral over the "
+        "drain of (budget - foreign limits), or 0 while foreign jobs held every slot, sampled "
+        f"every 50 ms: {capacity / MiB:.0f} MiB could have been copied; {disks * mib} MiB were, "
+        f"i.e. the drain took {capacity / (disks * mib * MiB):.3f}x the time the usable budget "
+        "needed (target <= 1.1).\n"
     )
+
+
+def usable_budget(
+    seen: list[tuple[float, tuple[tuple[str, int], ...]]],
+    start: float,
+    end: float,
+    budget: int,
+    slots: int,
+) -> float:
+    """Bytes the daemon's pulls could have copied in [start, end] given the foreign jobs."""
+    total = 0.0
+    samples = [(t, jobs) for t, jobs in seen if start <= t <= end]
+    for (t, jobs), (t_next, _) in itertools.pairwise([*samples, (end, ())]):
+        free = 0 if len(jobs) >= slots else max(0, budget - sum(b for _, b in jobs if b > 0))
+        total += free * (t_next - t)
+    return total
 
 
 def main() -> int:
