@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import queue
 import threading
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import helpers
 import libvirt
@@ -37,6 +38,9 @@ from exporter.model import BlockJob, DiskKey, HostEvent, JobType, Observation
 from exporter.policy_loader import load_policy
 from exporter.policy_source import PolicySource
 from exporter.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from conftest import Domains
 
 T = TypeVar("T")
 OWN_PREFIX = "bpx-test-"
@@ -100,16 +104,25 @@ class SeenEvent:
 
 class RecordingHost:
     """Passes every call through to `inner`; records actions and events (list appends only,
-    which are atomic, so the test thread may read while the controller thread writes)."""
+    which are atomic, so the test thread may read while the controller thread writes).
 
-    def __init__(self, inner: Host, clock: Clock) -> None:
+    `only`: the domains observe() reports; None = all. The budget is host-wide, so another
+    engineer's block job on the shared libvirtd takes a slot and its bandwidth from the
+    daemon under test; tests that measure slots or speeds see only their own domains.
+    """
+
+    def __init__(self, inner: Host, clock: Clock, only: Iterable[str] | None = None) -> None:
         self._inner = inner
         self._clock = clock
+        self._only = None if only is None else frozenset(only)
         self.calls: list[Call] = []
         self.events: list[SeenEvent] = []
 
     def observe(self) -> Observation:
-        return self._inner.observe()
+        seen = self._inner.observe()
+        if self._only is None:
+            return seen
+        return Observation(tuple(d for d in seen.domains if d.name in self._only))
 
     def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
         return self._inner.refresh_jobs(keys)
@@ -212,12 +225,14 @@ def running_daemon(
     folder: Path,
     clock: Clock | None = None,
     controller_options: ControllerOptions | None = None,
+    only: Iterable[str] | None = None,
 ) -> Iterator[Daemon]:
+    """The daemon on `policy_text`, stopped on exit; `only`: see RecordingHost."""
     path = folder / "policy.yaml"
     path.write_text(policy_text)
     check_policy_is_own(path)
     clock = clock or SystemClock()
-    host = RecordingHost(LibvirtHost(helpers.URI), clock)
+    host = RecordingHost(LibvirtHost(helpers.URI), clock, only)
     controller = Controller(host, PolicySource(path), clock, None, controller_options or options())
     errors: list[BaseException] = []
 
@@ -364,3 +379,54 @@ def _job_info(conn: libvirt.virConnect, key: DiskKey) -> BlockJob | None:
         end=int(info.get("end", 0)),
         bandwidth=int(info.get("bandwidth", 0)),
     )
+
+
+# -- policies --------------------------------------------------------------------------------
+
+
+def rule(name: str, domains: Iterable[str], **fields: object) -> str:
+    """One rule as YAML; values are written as JSON (valid YAML flow), so paths stay strings."""
+    lines = [f"  - name: {name}", f"    domains: {json.dumps(list(domains))}"]
+    lines += [f"    {key}: {json.dumps(value)}" for key, value in fields.items()]
+    return "\n".join(lines) + "\n"
+
+
+def policy(
+    *rules: str,
+    bandwidth: str = "unlimited",
+    max_concurrent: int = 2,
+    windows: str = "",
+    outside_windows: str = "pause",
+) -> str:
+    """A policy in UTC; `windows` is the YAML body under `windows:` (indented two spaces)."""
+    text = (
+        "version: 1\n"
+        "timezone: UTC\n"
+        "defaults:\n"
+        f"  bandwidth: {bandwidth}\n"
+        f"  max_concurrent: {max_concurrent}\n"
+        f"  outside_windows: {outside_windows}\n"
+        "  retry: {max_attempts: 3, backoff: 1m, max_backoff: 10m}\n"
+    )
+    if windows:
+        text += "windows:\n" + windows
+    return text + "rules:\n" + "".join(rules)
+
+
+# -- domains ---------------------------------------------------------------------------------
+
+
+def start_with_chains(
+    domains: Domains, folder: Path, label: str, fills_mib: Iterable[int], depth: int = 1
+) -> dict[DiskKey, helpers.Chain]:
+    """One paused domain with a disk per fill (vda, vdb, ...): a 64 MiB chain of `depth`
+    overlays over a base holding that many MiB of data."""
+    chains: dict[str, helpers.Chain] = {}
+    for index, fill in enumerate(fills_mib):
+        target = f"vd{chr(ord('a') + index)}"
+        chains[target] = helpers.create_chain(
+            folder, name=f"{label}-{target}", depth=depth, size_mib=64, fill_mib=fill
+        )
+    specs = [helpers.DiskSpec(target, chain.top) for target, chain in chains.items()]
+    name = domains.start(label, specs).name()
+    return {DiskKey(name, target): chain for target, chain in chains.items()}
