@@ -1,5 +1,5 @@
-"""The metrics table of the README (its "## Metrics" section; docs/metrics.md until the README
-has one) matches what the daemon exposes.
+"""The metrics table (in the "## Metrics" section of README.md, or of docs/metrics.md while the
+README's section only links to it) matches what the daemon exposes.
 
 A live scrape of the real daemon (`blockpull-exporter run` as a subprocess) on the simulated
 host (`sim:///...json`, the demo scenario: pulls start at once), so no libvirt is needed. The
@@ -51,8 +51,10 @@ class Row:
 
 
 def table_source() -> Path:
+    """README.md when its "## Metrics" section holds the table; else docs/metrics.md (where
+    the README's section may just link to it)."""
     readme = REPO / "README.md"
-    if readme.exists() and SECTION in readme.read_text().splitlines():
+    if readme.exists() and table_rows(readme.read_text()):
         return readme
     return REPO / "docs" / "metrics.md"
 
@@ -64,6 +66,8 @@ def table_rows(text: str) -> list[tuple[str, Row]]:
     labels cell ("—" when there are none).
     """
     lines = text.splitlines()
+    if SECTION not in lines:
+        return []
     start = lines.index(SECTION) + 1
     rows: list[tuple[str, Row]] = []
     for line in lines[start:]:
