@@ -173,7 +173,7 @@ class Controller:
 
     def next_deadline(self) -> float:
         deadline = min(self._next_full, self._next_file_check)
-        if self._jobs:
+        if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
             deadline = min(deadline, self._next_progress)
         return deadline
 
@@ -201,7 +201,7 @@ class Controller:
                 full |= self._reload()
         if full or now >= self._next_full:
             self._reconcile()
-        elif self._jobs and now >= self._next_progress:
+        elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
 
     def shutdown(self) -> None:
