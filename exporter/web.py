@@ -368,6 +368,14 @@ class _Handler(BaseHTTPRequestHandler):
     def version_string(self) -> str:
         return self.server_version  # no Python version in the Server header
 
+    def send_response_only(self, code: int, message: str | None = None) -> None:
+        if self.request_version == "HTTP/0.9":
+            # Said explicitly ("GET / HTTP/0.9"), http.server would answer with a bare body,
+            # no status line and no headers: answer as HTTP/1.0 and close instead.
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+        super().send_response_only(code, message)
+
     def do_GET(self) -> None:
         self._serve(head=False)
 
