@@ -172,7 +172,7 @@ def test_a_good_request_still_works_after_any_request(
     assert response.endswith(BODY)
 
 
-def test_a_client_that_sends_nothing_is_closed_or_waits_without_blocking_others(
+def test_an_idle_client_does_not_block_others(
     served: tuple[WebServer, Records],
 ) -> None:
     server, _ = served
