@@ -34,7 +34,7 @@ from exporter.model import (
     LifecycleEvent,
     Observation,
 )
-from exporter.outcomes import Outcome, OutcomeKind, settle
+from exporter.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
 from exporter.planner import plan
 from exporter.policy import Policy
 from exporter.policy_source import PolicySource
@@ -55,6 +55,8 @@ RACE_REASONS = frozenset(
 )
 MAX_CONNECT_BACKOFF = 30.0
 TIMER_TOLERANCE = 1e-6  # seconds
+MIN_TIMER_SECONDS = 0.01
+LOOK_AGAIN_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Controller:
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
         self._connect_backoff = 0.0
+        self._host_refused = False
         self._durations = HistogramAccumulator()
         self._last_success: float | None = None
         self._reload_ok = True
@@ -273,9 +276,13 @@ class Controller:
         if current.next_wake is not None:
             deadline = min(deadline, now + current.next_wake.timestamp() - self._clock.time())
         if self._vanished:
-            grace_end = min(self._vanished.values()) + 5.0
-            deadline = min(deadline, now + max(0.0, grace_end - self._clock.time()))
-        self._next_full = deadline
+            grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
+            deadline = min(deadline, now + grace_end - self._clock.time())
+        if self._host_refused:  # the host changed under an action: look again soon
+            deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
+            self._host_refused = False
+        # Never a timer in the past or within float rounding of now: that would spin.
+        self._next_full = max(deadline, now + MIN_TIMER_SECONDS)
         # Right after acting, read the new jobs' progress soon rather than a full interval later.
         self._next_progress = now + (0.0 if acted else self._options.progress_interval)
 
@@ -344,7 +351,7 @@ class Controller:
                 log.info("aborted pull of %s: %s", action.key, action.reason)
         except HostError as error:
             log.warning("%s on %s failed: %s", type(action).__name__, action.key, error)
-            self._next_full = self._clock.monotonic()  # the host changed: look again
+            self._host_refused = True
             if isinstance(action, StartPull) and error.reason not in RACE_REASONS:
                 self._count_failure(action.key, disk, self._clock.time())
 

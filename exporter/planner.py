@@ -31,7 +31,10 @@ order.
    aborted (OVER_BUDGET), worst-ordered first; they become PENDING (or WAITING_WINDOW when
    their rule is closed). Pulls are never aborted to make room for a higher priority candidate.
 
-4. Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
+4. One pull per domain: a candidate whose domain already runs a pull (or gets one in this
+   plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
+   together.
+   Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
    order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
    the same share (`exporter.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
@@ -292,6 +295,25 @@ def _next_wake(policy: Policy, now: datetime, decisions: Iterable[DiskDecision])
     return min(candidates) if candidates else None
 
 
+def _one_pull_per_domain(triaged: list[_Triage]) -> tuple[list[_Triage], list[_Triage]]:
+    """Candidates in order, at most one per domain and none where a pull already runs.
+
+    QEMU 7.2 (Debian 12) segfaults, killing the guest, when two block-stream jobs of one
+    domain finish at about the same moment; equal shares make that likely. One pull per
+    domain at a time rules it out, at no cost to the host-wide throughput.
+    """
+    busy = {t.key.domain for t in triaged if t.job is not None and t.job.type is JobType.PULL}
+    chosen: list[_Triage] = []
+    deferred: list[_Triage] = []
+    for item in sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order):
+        if item.key.domain in busy:
+            deferred.append(item)
+        else:
+            chosen.append(item)
+            busy.add(item.key.domain)
+    return chosen, deferred
+
+
 def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory) -> Plan:
     """What to do on the host now, and a state with a reason for every disk."""
     open_windows = schedule.open_windows(policy, now)
@@ -301,7 +323,7 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    candidates = sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order)
+    candidates, same_domain = _one_pull_per_domain(triaged)
     alloc = allocate(budget, foreign, len(managed), len(candidates))
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
     started = candidates[: alloc.start]
@@ -335,6 +357,9 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
     waiting = _pending_reason(budget, alloc)
     for item in candidates[alloc.start :]:
         decided[item.key] = item.decided(DiskState.PENDING, waiting)
+    for item in same_domain:
+        why = "another disk of this domain is pulling; one pull per domain at a time"
+        decided[item.key] = item.decided(DiskState.PENDING, why)
 
     decisions = tuple(
         sorted(

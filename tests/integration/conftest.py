@@ -32,15 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(autouse=True)
 def libvirtd_shared() -> Iterator[None]:
-    """Tests that restart libvirtd take this lock exclusively (`helpers.libvirtd_exclusive`);
-    every other test holds it shared, so developers running suites side by side never see
-    libvirtd vanish mid-test. In CI the suite is serial and the lock is always free."""
+    """Tests that restart libvirtd hold `helpers.libvirtd_lock(exclusive=True)`; every other
+    test holds it shared, so developers running suites side by side never see libvirtd
+    vanish mid-test. In CI the suite is serial and the lock is always free."""
     with helpers.libvirtd_lock(exclusive=False):
         yield
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def libvirt_conn() -> Iterator[libvirt.virConnect]:
+    """A connection per test: one shared by the session would die with a libvirtd restart."""
     reason = helpers.libvirt_unreachable_reason()
     if reason is not None:
         if helpers.in_ci():

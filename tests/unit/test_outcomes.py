@@ -88,3 +88,15 @@ def test_an_adopted_partial_pull_completes_on_any_shorter_suffix_of_its_chain():
 def test_a_replaced_chain_is_not_mistaken_for_completion():
     result = settle(tracked(), observe(chain=("/other.qcow2",)), {}, {}, 1.0)
     assert all(o.kind is not OutcomeKind.COMPLETED for o in result.outcomes)
+
+
+def test_a_shut_off_domain_without_chain_is_not_mistaken_for_completion():
+    # libvirt reports no backing chain for a domain that is not running.
+    result = settle(tracked(), observe(chain=(), state=DomainState.SHUTOFF), {}, {}, 1.0)
+    assert result.outcomes == (Outcome(KEY, OutcomeKind.ABORTED, AbortReason.DOMAIN_STOPPED),)
+
+
+def test_a_shut_off_domain_whose_pull_announced_completion_counts_as_completed():
+    events = {KEY: JobOutcome.COMPLETED}
+    result = settle(tracked(), observe(chain=(), state=DomainState.SHUTOFF), events, {}, 1.0)
+    assert result.outcomes == (Outcome(KEY, OutcomeKind.COMPLETED),)

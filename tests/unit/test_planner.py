@@ -290,7 +290,21 @@ def test_nothing_timed_means_no_wake() -> None:
 def test_order_is_priority_then_domain_then_disk() -> None:
     obs = observation(domain("b", disk("vdb"), disk("vda")), domain("a"), domain("z-important"))
     pol = policy(rule("vip", domains=("z-*",), priority=9), rule("rest"), max_concurrent=10)
-    assert starts(run(obs, pol)) == [key("z-important"), key("a"), key("b"), key("b", "vdb")]
+    assert starts(run(obs, pol)) == [key("z-important"), key("a"), key("b")]
+
+
+def test_one_pull_per_domain_at_a_time() -> None:
+    obs = observation(domain("b", disk("vda"), disk("vdb")), domain("a"))
+    result = run(obs, policy(rule("all"), max_concurrent=10))
+    assert starts(result) == [key("a"), key("b")]
+    assert decision(result, key("b", "vdb")).state is DiskState.PENDING
+
+
+def test_a_domain_with_a_running_pull_gets_no_second_one() -> None:
+    running = disk("vda", job=job(bandwidth=MiB))
+    obs = observation(domain("b", running, disk("vdb")))
+    result = run(obs, policy(rule("all"), max_concurrent=10, bandwidth=MiB))
+    assert starts(result) == []
 
 
 def test_only_max_concurrent_pulls_start_best_first() -> None:
