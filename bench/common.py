@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import queue
 import re
 import shutil
 import statistics
@@ -29,6 +28,7 @@ for _path in (ROOT, ROOT / "tests" / "integration"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from exporter.clock import OffsetClock  # noqa: E402, F401 (re-exported for bench scripts)
 from exporter.model import BlockJob, DiskKey, HostEvent, Observation  # noqa: E402
 
 URI = "qemu:///system"
@@ -174,26 +174,6 @@ def record(section: str, text: str, path: Path = RESULTS) -> None:
 
 
 # -- clocks ----------------------------------------------------------------------------------
-
-
-class OffsetClock:
-    """The system clock shifted by `offset` seconds (epoch only), so a window boundary can be
-    put a few seconds ahead; monotonic time and waits are the real ones."""
-
-    def __init__(self, offset: float) -> None:
-        self.offset = offset
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
-        try:
-            return inbox.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
 
 
 # -- a host that records what the controller does ----------------------------------------------

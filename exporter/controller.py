@@ -303,7 +303,15 @@ class Controller:
             log.info("pull of %s completed", key)
         elif outcome.kind is OutcomeKind.FAILED:
             self._count_failure(key, disk, epoch)
-            log.warning("pull of %s failed", key)
+            last = self._jobs.get(key)
+            log.warning(
+                "pull of %s failed at %s of %s bytes, chain %s (libvirt gives no reason: "
+                "check the backing images are reachable and the overlay has room)",
+                key,
+                last.cur if last else "?",
+                last.end if last else "?",
+                " <- ".join(disk.chain) if disk else "?",
+            )
         else:
             assert outcome.reason is not None
             self._aborted[(key, outcome.reason)] += 1

@@ -16,12 +16,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -50,38 +48,6 @@ PULL = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL
 
 
 # -- clock -----------------------------------------------------------------------------------
-
-
-class OffsetClock(Clock):
-    """Wall time = system time + offset (adjustable at any moment); monotonic time is real."""
-
-    def __init__(self, offset: float = 0.0) -> None:
-        self.offset = offset
-
-    @classmethod
-    def reading(cls, when: datetime) -> OffsetClock:
-        clock = cls()
-        clock.set(when)
-        return clock
-
-    def set(self, when: datetime) -> None:
-        """From now on the wall clock reads `when` and runs on from there."""
-        self.offset = when.timestamp() - time.time()
-
-    def time(self) -> float:
-        return time.time() + self.offset
-
-    def now(self) -> datetime:
-        return datetime.fromtimestamp(self.time(), UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wait(self, inbox: queue.SimpleQueue[T], timeout: float) -> T | None:
-        try:
-            return inbox.get(timeout=max(0.0, timeout))
-        except queue.Empty:
-            return None
 
 
 # -- recording host --------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import pytest
 from conftest import Domains
 from daemon import (
     JobSampler,
-    OffsetClock,
     fresh_connection,
     live_chain,
     policy,
@@ -26,6 +25,7 @@ from daemon import (
 )
 from helpers import MIB
 
+from exporter.clock import OffsetClock
 from exporter.decisions import AbortReason, DiskState
 
 WINDOW = '  ten: {days: daily, from: "10:00", to: "10:01"}\n'

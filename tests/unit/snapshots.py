@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from exporter.decisions import AbortReason, DiskDecision, DiskState, Plan
+from exporter.metrics import render
 from exporter.model import BlockJob, DiskKey, JobType
 from exporter.policy import Budget
 from exporter.snapshot import Counters, Histogram, JobProgress, Snapshot
@@ -170,3 +172,9 @@ def large_snapshot(domains: int = 1000, disks_per_domain: int = 4) -> Snapshot:
         },
         reconcile_duration=histogram([0.05] * 100),
     )
+
+
+def exported_metric_names() -> set[str]:
+    """Sample names the daemon's renderer emits for a realistic snapshot."""
+    text = render(realistic_snapshot(), "test").decode()
+    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))

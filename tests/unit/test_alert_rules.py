@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from snapshots import exported_metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "prometheus" / "alerts.yml"
@@ -37,16 +38,6 @@ PER_DISK_METRICS = {
     "blockpull_disk_consecutive_failures",
 }
 METRIC_NAME = re.compile(r"\b(blockpull_[a-z_]+|up)\b(?!\s*\()")
-
-
-def exported_metric_names() -> set[str]:
-    """Sample names the daemon's renderer emits for a realistic snapshot."""
-    from snapshots import realistic_snapshot
-
-    from exporter.metrics import render
-
-    text = render(realistic_snapshot(), "test").decode()
-    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))
 
 
 def promtool() -> str:

@@ -24,6 +24,7 @@ from dashboard_queries import (
     dashboard_queries,
     panels,
 )
+from snapshots import exported_metric_names
 
 GRAFANA = DASHBOARD.parent
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -66,16 +67,6 @@ PER_DISK = COUNTERS | {
     "blockpull_disk_consecutive_failures",
 }
 SELECTOR = re.compile(r"\b(blockpull_\w+)\s*(\{[^}]*\})?")
-
-
-def exported_metric_names() -> set[str]:
-    """Sample names the daemon's renderer emits for a realistic snapshot."""
-    from snapshots import realistic_snapshot
-
-    from exporter.metrics import render
-
-    text = render(realistic_snapshot(), "test").decode()
-    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.MULTILINE))
 
 
 def load_dashboard() -> dict[str, Any]:
