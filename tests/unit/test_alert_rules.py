@@ -23,7 +23,7 @@ RULE_TESTS = (
     ROOT / "prometheus" / "alerts_test.yml",
     ROOT / "prometheus" / "alerts_backlog_test.yml",
 )
-OPERATIONS = ROOT / "docs" / "operations.md"
+README = ROOT / "README.md"
 SEVERITIES = {"critical", "warning", "info"}
 # Metrics with one series per disk: alerts on them must say which disk.
 PER_DISK_METRICS = {
@@ -198,10 +198,10 @@ def test_only_exporter_down_names_the_scrape_job(rule: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("rule", alert_rules(load(RULES)), ids=lambda r: r["alert"])
-def test_runbook_points_at_a_section_of_the_operations_guide(rule: dict[str, Any]) -> None:
+def test_runbook_points_at_a_section_of_the_readme(rule: dict[str, Any]) -> None:
     path, _, anchor = rule["annotations"]["runbook"].partition("#")
-    assert path == "docs/operations.md"
-    headings = re.findall(r"^#+\s+(.+?)\s*$", OPERATIONS.read_text(), re.MULTILINE)
+    assert path == "README.md"
+    headings = re.findall(r"^#+\s+(.+?)\s*$", README.read_text(), re.MULTILINE)
     # GitHub's anchors: lower case, punctuation dropped, spaces to dashes.
     anchors = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}
     assert anchor in anchors

@@ -1,5 +1,4 @@
-"""The metrics table (in the "## Metrics" section of README.md, or of docs/metrics.md while the
-README's section only links to it) matches what the daemon exposes.
+"""The metrics table in the "## Metrics" section of README.md matches what the daemon exposes.
 
 A live scrape of the real daemon (`blockpull-exporter run` as a subprocess) on the simulated
 host (`sim:///...json`, the demo scenario: pulls start at once), so no libvirt is needed. The
@@ -51,12 +50,7 @@ class Row:
 
 
 def table_source() -> Path:
-    """README.md when its "## Metrics" section holds the table; else docs/metrics.md (where
-    the README's section may just link to it)."""
-    readme = REPO / "README.md"
-    if readme.exists() and table_rows(readme.read_text()):
-        return readme
-    return REPO / "docs" / "metrics.md"
+    return REPO / "README.md"
 
 
 def table_rows(text: str) -> list[tuple[str, Row]]:
