@@ -170,7 +170,15 @@ class TLSConfig:
         else:
             ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
         if self.curve is not None:
-            ctx.set_ecdh_curve(self.curve)
+            try:
+                ctx.set_ecdh_curve(self.curve)
+            except (ssl.SSLError, ValueError) as e:
+                # Debian 12's Python cannot set X25519 this way; a newer build can.
+                raise WebConfigError(
+                    f"{source}: tls_server_config.curve_preferences: this Python's ssl module "
+                    f"cannot use {self.curve} ({_reason(e)}); choose CurveP256, CurveP384 or "
+                    "CurveP521, or leave curve_preferences out"
+                ) from e
         return ctx
 
     def allows_peer(self, peer_cert: Mapping[str, Any] | None) -> bool:

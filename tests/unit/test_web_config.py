@@ -79,7 +79,7 @@ def test_full_config_builds_a_verifying_context(conf_dir: Path) -> None:
               client_allowed_sans: [scraper.example]
               min_version: TLS13
               cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]
-              curve_preferences: [X25519]
+              curve_preferences: [CurveP384]
             http_server_config:
               http2: false
               headers:
