@@ -358,7 +358,9 @@ class Controller:
                     self._aborted[(action.key, action.reason)] += 1
                 log.info("aborted pull of %s: %s", action.key, action.reason)
         except HostError as error:
-            log.warning("%s on %s failed: %s", type(action).__name__, action.key, error)
+            # A job that ended between the observation and the action is no cause for alarm.
+            level = logging.INFO if error.reason is ErrorReason.NO_JOB else logging.WARNING
+            log.log(level, "%s on %s failed: %s", type(action).__name__, action.key, error)
             self._host_refused = True
             if isinstance(action, StartPull) and error.reason not in RACE_REASONS:
                 self._count_failure(action.key, disk, self._clock.time())

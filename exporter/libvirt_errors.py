@@ -30,6 +30,8 @@ _CONNECTION_CODES = frozenset(
 _BY_MESSAGE: tuple[tuple[str, ErrorReason], ...] = (
     ("does not have an active block job", ErrorReason.NO_JOB),
     ("no active block job", ErrorReason.NO_JOB),
+    # QEMU still lists a finished job until libvirt dismisses it: it is over, not an error.
+    ("in state 'concluded'", ErrorReason.NO_JOB),
     ("already in active block job", ErrorReason.DISK_BUSY),
     ("could not find image", ErrorReason.BASE_NOT_IN_CHAIN),
     ("not found in domain", ErrorReason.DISK_NOT_FOUND),

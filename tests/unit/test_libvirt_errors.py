@@ -18,6 +18,9 @@ CASES = [
      ErrorReason.BASE_NOT_IN_CHAIN),
     (84, 10, "Operation not supported: disk 'vda' already in active block job",
      ErrorReason.DISK_BUSY),
+    (1, 10, "internal error: unable to execute QEMU command 'block-job-set-speed': Job "
+     "'pull-vda-libvirt-1-format' in state 'concluded' cannot accept command verb 'set-speed'",
+     ErrorReason.NO_JOB),
     (1, 7, "internal error: client socket is closed", ErrorReason.CONNECTION),
     (38, 7, "Failed to connect socket to '/nonexistent/sock'", ErrorReason.CONNECTION),
     (6, 20, "invalid connection pointer in virConnectListAllDomains", ErrorReason.CONNECTION),
