@@ -4,8 +4,11 @@ How observe() reads the host, chosen from bench/OBSERVE_COSTS.md (libvirt 9.0, 5
 domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its state in one
 call (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per
 domain (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient
-and `<mirror>`; `blockJobInfo` (0.06-0.17 ms/disk) runs only for disks that can have a job:
-domain running or paused, and a backing chain, a `<mirror>` or a job this host started or saw.
+and `<mirror>`. `blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it
+runs for disks of running or paused domains that have a `<mirror>` or a job this host started
+or saw, and, once per `job_sweep_interval` (and after every (re)connection), for every disk on
+a backing chain, which is how jobs started by others (`virsh blockpull`) are found. Between
+sweeps such a job is also found when starting a pull on its disk fails with "busy".
 `getAllDomainStats(BLOCK, BACKING)` would give chains in one call but costs ~2.9 ms/domain
 (it asks every QEMU), names no network image and reports no block job: not used.
 
@@ -128,6 +131,7 @@ class LibvirtHost:
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         loop: EventLoop | None = None,
+        job_sweep_interval: float = 300.0,
     ) -> None:
         """Connects lazily, on the first call: a libvirtd that is down is a HostError later,
         not a failure to construct."""
@@ -149,6 +153,8 @@ class LibvirtHost:
         self._closed = False
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
+        self._job_sweep_interval = job_sweep_interval
+        self._next_sweep = 0.0  # the first observe() reads every chained disk's job
 
     # -- Host protocol ------------------------------------------------------------------------
 
@@ -160,8 +166,14 @@ class LibvirtHost:
             raise self._failed(error) from error
         domains: list[Domain] = []
         handles: dict[str, libvirt.virDomain] = {}
+        now = self._clock()
+        with self._lock:
+            sweep = now >= self._next_sweep
+            if sweep:
+                self._next_sweep = now + self._job_sweep_interval
         for dom, values in stats:
-            domain = self._domain(dom, _STATES.get(values.get("state.state"), DomainState.OTHER))
+            state = _STATES.get(values.get("state.state"), DomainState.OTHER)
+            domain = self._domain(dom, state, sweep)
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
@@ -210,6 +222,17 @@ class LibvirtHost:
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
         speed = bandwidth or 0
+        try:
+            self._start(dom, key, base, speed)
+        except HostError as error:
+            if error.reason is ErrorReason.DISK_BUSY:  # someone else's job: read it from now on
+                with self._lock:
+                    self._known_jobs.add(key)
+            raise
+        with self._lock:
+            self._known_jobs.add(key)
+
+    def _start(self, dom: libvirt.virDomain, key: DiskKey, base: str | None, speed: int) -> None:
         if base is None:
             flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
             self._call(dom.blockPull, key.disk, speed, flags)
@@ -222,8 +245,6 @@ class LibvirtHost:
                 if _NOT_RELATIVE not in error.message:
                     raise
                 self._call(dom.blockRebase, key.disk, base, speed, flags)
-        with self._lock:
-            self._known_jobs.add(key)
 
     def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
@@ -252,7 +273,7 @@ class LibvirtHost:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _domain(self, dom: libvirt.virDomain, state: DomainState) -> Domain | None:
+    def _domain(self, dom: libvirt.virDomain, state: DomainState, sweep: bool) -> Domain | None:
         name = dom.name()
         try:
             parsed = parse_disks(dom.XMLDesc(0))
@@ -267,7 +288,7 @@ class LibvirtHost:
             key = DiskKey(name, disk.target)
             with self._lock:
                 known = key in self._known_jobs
-            if state.can_run_jobs and (disk.chain or item.mirror or known):
+            if state.can_run_jobs and (item.mirror or known or (sweep and disk.chain)):
                 disk = self._with_job(dom, key, disk)
             disks.append(disk)
         return Domain(name=name, uuid=dom.UUIDString(), state=state, disks=tuple(disks))
@@ -372,6 +393,7 @@ class LibvirtHost:
             self._next_attempt = 0.0
             self._session = session
             self._domains = {}
+            self._next_sweep = 0.0  # jobs may have started or ended while disconnected
         if reconnected:
             self._emit(ConnectionEvent(up=True, reason="reconnected"))
         return session.conn

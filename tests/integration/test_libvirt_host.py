@@ -455,3 +455,38 @@ def test_calls_after_close_are_connection_errors(libvirt_conn: libvirt.virConnec
     host = LibvirtHost(helpers.URI)
     host.close()
     _raises(ErrorReason.CONNECTION, host.observe)
+
+
+def test_a_job_started_by_someone_else_is_found_at_the_next_sweep_not_before(
+    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+) -> None:
+    now = [0.0]
+    host = LibvirtHost(helpers.URI, clock=lambda: now[0], job_sweep_interval=300.0)
+    try:
+        key, _ = _domain_with_chain(domains, image_folder)
+        host.observe()  # the first observe sweeps: no job yet
+        dom = libvirt_conn.lookupByName(key.domain)
+        dom.blockPull(key.disk, SLOW, libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES)
+        assert host.observe().disks()[key][1].job is None  # no per-disk read between sweeps
+        now[0] = 301.0
+        job = host.observe().disks()[key][1].job
+        assert job is not None and job.type is JobType.PULL
+    finally:
+        host.close()
+
+
+def test_a_start_refused_as_busy_makes_the_foreign_job_visible_at_once(
+    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+) -> None:
+    host = LibvirtHost(helpers.URI, clock=lambda: 0.0, job_sweep_interval=300.0)
+    try:
+        key, _ = _domain_with_chain(domains, image_folder)
+        host.observe()
+        dom = libvirt_conn.lookupByName(key.domain)
+        dom.blockPull(key.disk, SLOW, libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES)
+        with pytest.raises(HostError) as refused:
+            host.start_pull(key, None, SLOW)
+        assert refused.value.reason is ErrorReason.DISK_BUSY
+        assert host.observe().disks()[key][1].job is not None
+    finally:
+        host.close()
