@@ -255,7 +255,7 @@ class Controller:
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
-        self._forget_samples()
+        self._measure_rates()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
         self._save_memory()
         finished = self._clock.monotonic()
@@ -382,13 +382,13 @@ class Controller:
                 vanished = True
             else:
                 self._jobs[key] = job
-        self._forget_samples()
+        self._measure_rates()
         if vanished:  # a job ended: settle it from the chain now, events or not
             self._reconcile()
         else:
             self.snapshot = self._build_snapshot()
 
-    def _forget_samples(self) -> None:
+    def _measure_rates(self) -> None:
         """Measure each job's rate from its cursor between two reads; drop finished jobs."""
         now = self._clock.monotonic()
         rates: dict[DiskKey, float] = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 
 class DomainState(StrEnum):
@@ -72,8 +74,14 @@ class Domain:
 class Observation:
     domains: tuple[Domain, ...]
 
-    def disks(self) -> dict[DiskKey, tuple[Domain, Disk]]:
+    @cached_property
+    def _disk_index(self) -> dict[DiskKey, tuple[Domain, Disk]]:
         return {DiskKey(d.name, k.target): (d, k) for d in self.domains for k in d.disks}
+
+    def disks(self) -> Mapping[DiskKey, tuple[Domain, Disk]]:
+        """Every disk by key, with its domain: built once per observation, shared by every
+        reader (settle, adopt, act, snapshot), so it is read-only."""
+        return self._disk_index
 
 
 class JobOutcome(StrEnum):
