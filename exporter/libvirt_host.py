@@ -6,9 +6,10 @@ call (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `X
 domain (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient
 and `<mirror>`. `blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it
 runs for disks of running or paused domains that have a `<mirror>` or a job this host started
-or saw, and, once per `job_sweep_interval` (and after every (re)connection), for every disk on
-a backing chain, which is how jobs started by others (`virsh blockpull`) are found. Between
-sweeps such a job is also found when starting a pull on its disk fails with "busy".
+or saw, and, once per `job_sweep_interval` (spread over the observes in between:
+exporter/job_sweep.py; all at once after every (re)connection), for every disk on a backing
+chain, which is how jobs started by others (`virsh blockpull`) are found. Until then such a job
+is also found when starting a pull on its disk fails with "busy".
 `getAllDomainStats(BLOCK, BACKING)` would give chains in one call but costs ~2.9 ms/domain
 (it asks every QEMU), names no network image and reports no block job: not used.
 
@@ -37,6 +38,7 @@ from typing import ParamSpec, TypeVar
 import libvirt
 
 from exporter.host import EventSink
+from exporter.job_sweep import JobSweep
 from exporter.libvirt_errors import host_error
 from exporter.libvirt_loop import EventLoop, shared_loop
 from exporter.libvirt_xml import normalise_target, parse_disks
@@ -153,8 +155,7 @@ class LibvirtHost:
         self._closed = False
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
-        self._job_sweep_interval = job_sweep_interval
-        self._next_sweep = 0.0  # the first observe() reads every chained disk's job
+        self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
 
     # -- Host protocol ------------------------------------------------------------------------
 
@@ -168,12 +169,11 @@ class LibvirtHost:
         handles: dict[str, libvirt.virDomain] = {}
         now = self._clock()
         with self._lock:
-            sweep = now >= self._next_sweep
-            if sweep:
-                self._next_sweep = now + self._job_sweep_interval
+            sweep = self._sweep.due(now)
+            known = frozenset(self._known_jobs)  # one lock per observe, not one per disk
         for dom, values in stats:
             state = _STATES.get(values.get("state.state"), DomainState.OTHER)
-            domain = self._domain(dom, state, sweep)
+            domain = self._domain(dom, state, sweep, known)
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
@@ -273,8 +273,14 @@ class LibvirtHost:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _domain(self, dom: libvirt.virDomain, state: DomainState, sweep: bool) -> Domain | None:
-        name = dom.name()
+    def _domain(
+        self,
+        dom: libvirt.virDomain,
+        state: DomainState,
+        sweep: frozenset[int],
+        known: frozenset[DiskKey],
+    ) -> Domain | None:
+        name, uuid = dom.name(), dom.UUIDString()
         try:
             parsed = parse_disks(dom.XMLDesc(0))
         except libvirt.libvirtError as error:
@@ -282,16 +288,15 @@ class LibvirtHost:
             if failure.reason is ErrorReason.DOMAIN_NOT_FOUND:
                 return None  # undefined between the listing and now
             raise failure from error
+        swept = self._sweep.part(uuid) in sweep
         disks: list[Disk] = []
         for item in parsed:
             disk = item.disk
             key = DiskKey(name, disk.target)
-            with self._lock:
-                known = key in self._known_jobs
-            if state.can_run_jobs and (item.mirror or known or (sweep and disk.chain)):
+            if state.can_run_jobs and (item.mirror or key in known or (swept and disk.chain)):
                 disk = self._with_job(dom, key, disk)
             disks.append(disk)
-        return Domain(name=name, uuid=dom.UUIDString(), state=state, disks=tuple(disks))
+        return Domain(name=name, uuid=uuid, state=state, disks=tuple(disks))
 
     def _with_job(self, dom: libvirt.virDomain, key: DiskKey, disk: Disk) -> Disk:
         try:
@@ -393,7 +398,7 @@ class LibvirtHost:
             self._next_attempt = 0.0
             self._session = session
             self._domains = {}
-            self._next_sweep = 0.0  # jobs may have started or ended while disconnected
+            self._sweep.restart()  # jobs may have started or ended while disconnected
         if reconnected:
             self._emit(ConnectionEvent(up=True, reason="reconnected"))
         return session.conn

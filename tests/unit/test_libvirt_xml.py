@@ -59,3 +59,31 @@ def test_a_mirror_marks_a_disk_with_a_job() -> None:
 
 def test_an_indexed_target_is_normalised_to_the_target() -> None:
     assert (normalise_target("vda[3]"), normalise_target("sdb")) == ("vda", "sdb")
+
+
+_METADATA = (
+    "<metadata><inventory xmlns='urn:inventory'><devices><disk name='not-a-disk'>"
+    "<target dev='vdz'/></disk></devices></inventory></metadata>"
+)
+_TARGETS = ["vda", "vdb", "hdc", "vdc", "vdd"]
+
+
+def test_a_disk_using_a_namespace_declared_on_the_domain_is_read() -> None:
+    xml = LIVE.replace("<domain ", "<domain xmlns:x='urn:x' ").replace(
+        "<target dev='vdb' bus='virtio'/>", "<target dev='vdb' bus='virtio'/><x:note/>"
+    )
+    assert [d.disk.target for d in parse_disks(xml)] == _TARGETS
+
+
+def test_devices_and_disks_in_metadata_before_the_devices_are_not_the_domains() -> None:
+    xml = LIVE.replace("<devices>", _METADATA + "<devices>", 1)
+    assert [d.disk.target for d in parse_disks(xml)] == _TARGETS
+
+
+def test_devices_and_disks_in_metadata_after_the_devices_are_not_the_domains() -> None:
+    xml = LIVE.replace("</domain>", _METADATA + "</domain>")
+    assert [d.disk.target for d in parse_disks(xml)] == _TARGETS
+
+
+def test_a_domain_without_disks_has_none() -> None:
+    assert parse_disks("<domain type='qemu'><name>d</name><devices/></domain>") == ()
