@@ -4,9 +4,10 @@
 
 Simulated part: a SimulatedHost (4 disks per domain, every disk on a backing chain) wrapped in
 `CostModelHost`, which makes the calls LibvirtHost would make (one XML read per domain,
-blockJobInfo only for disks that can have a pull or have a known job) and sleeps the latency
-each one took on real libvirt 9.0 (bench/OBSERVE_COSTS.md). Daemon CPU is the controller
-thread's CPU time (`time.thread_time`), so the sleeps are not counted; wall includes them.
+blockJobInfo for disks with a known job and for the due part of the job sweep; each measured
+round is one resync, 30 s, later) and sleeps the latency each one took on real libvirt 9.0
+(bench/OBSERVE_COSTS.md). Daemon CPU is the controller thread's CPU time
+(`time.thread_time`), so the sleeps are not counted; wall includes them.
 Baseline in the same run: a naive loop that, every cycle, reads every domain's XML, polls
 blockJobInfo for every disk and reads per-disk stats (getAllDomainStats(BLOCK, BACKING),
 ~3 ms per domain), then plans.
@@ -14,8 +15,11 @@ blockJobInfo for every disk and reads per-disk stats (getAllDomainStats(BLOCK, B
 Memory: a fresh subprocess builds a 4,000-disk host + controller and renders the metrics; its
 RSS minus that of an interpreter with the same imports.
 
-Real part (unless --no-real): 100 paused TCG domains with 2 disks each on qemu:///system;
-`LibvirtHost.observe()` against the naive per-disk polling, to check the simulated figures.
+Real part (unless --no-real): paused TCG domains with 4 disks each on qemu:///system (100 by
+default, `--real-domains 1000` for the target's size, ~10 min and ~15 GiB; or `--real-prefix P`
+to measure domains that already exist, read only): the first observe() (whole job sweep), a
+steady one, a whole Controller.step under a policy that selects them all in a closed window,
+and the naive per-disk polling, each round one resync later on the host's sweep clock.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +42,7 @@ from common import ms, ratio, table
 
 from exporter.clock import now_of
 from exporter.controller import Controller, ControllerOptions
+from exporter.job_sweep import JobSweep
 from exporter.metrics import SnapshotCollector, render
 from exporter.model import (
     BlockJob,
@@ -63,6 +68,7 @@ rules:
   - name: bench
     domains: ["bench-*"]
 """
+RESYNC = 30.0  # the daemon's default full reconcile interval: each round is one resync later
 OPTIONS = ControllerOptions(resync_interval=1e9, progress_interval=2.0, file_check_interval=1e9)
 
 
@@ -75,7 +81,7 @@ class CostModelHost:
     sleep: Callable[[float], None] = time.sleep
     counts: dict[str, int] = field(default_factory=dict)
     known: set[DiskKey] = field(default_factory=set)
-    swept: bool = False  # LibvirtHost reads every chained disk's job once per 5-min sweep
+    sweep: JobSweep = field(default_factory=lambda: JobSweep(300.0))  # as LibvirtHost's
 
     def _count(self, **added: int) -> None:
         for kind, n in added.items():
@@ -84,13 +90,14 @@ class CostModelHost:
     def observe(self) -> Observation:
         observation = self.inner.observe()
         reads = 0
-        sweep, self.swept = not self.swept, True
+        due = self.sweep.due(self.inner.now())
         for domain in observation.domains:
             if not domain.state.can_run_jobs:
                 continue
+            swept = self.sweep.part(domain.uuid) in due
             for disk in domain.disks:
                 key = DiskKey(domain.name, disk.target)
-                if (sweep and disk.chain) or disk.job is not None or key in self.known:
+                if (swept and disk.chain) or disk.job is not None or key in self.known:
                     reads += 1
                 if disk.job is not None:
                     self.known.add(key)
@@ -233,10 +240,11 @@ def reconcile_row(
     disks: int, rounds: int, folder: Path, chained: float = 1.0
 ) -> tuple[Row, dict[str, int], common.Cost]:
     sim, host, controller = build(disks, 4, folder, chained)
+    sim.advance(RESYNC)  # a resync after the first, whole sweep: a tenth of it is due
     host.take_counts()
     controller.step(WAKE)
     counts = host.take_counts()
-    ours = common.measure(lambda: controller.step(WAKE), rounds)
+    ours = common.measure(lambda: controller.step(WAKE), rounds, before=lambda: sim.advance(RESYNC))
     naive_calls = per_call(host, lambda: naive_cycle(host, controller, sim))
     naive = common.measure(lambda: naive_cycle(host, controller, sim), rounds)
     ours_calls = counts.get("calls", 0)
@@ -330,6 +338,9 @@ def memory(disks: int) -> dict[str, dict[str, int]]:
 # -- real libvirt ---------------------------------------------------------------------------
 
 
+REAL_TARGETS = tuple(f"vd{chr(97 + i)}" for i in range(DISKS_PER_DOMAIN))
+
+
 def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
     """CPU seconds per XMLDesc, per parse_disks and per blockJobInfo, on a connection opened
     after the shared event loop is registered (as LibvirtHost's is)."""
@@ -349,20 +360,17 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
         xml = common.measure(lambda: [d.XMLDesc(0) for d in doms], rounds).cpu / n
         parse = common.measure(lambda: [parse_disks(x) for x in xmls], rounds).cpu / n
         jobs = common.measure(
-            lambda: [d.blockJobInfo(t, flag) for d in doms for t in ("vda", "vdb")], rounds
-        ).cpu / (2 * n)
+            lambda: [d.blockJobInfo(t, flag) for d in doms for t in REAL_TARGETS], rounds
+        ).cpu / (len(REAL_TARGETS) * n)
     finally:
         conn.close()
         loop.release()
     return xml, parse, jobs
 
 
-def real_check(domains: int, rounds: int) -> tuple[str, tuple[float, float, float]]:
-    import libvirt
-
-    from exporter.libvirt_host import LibvirtHost
-    from exporter.libvirt_xml import parse_disks
-
+@contextlib.contextmanager
+def real_lab(domains: int) -> Iterator[tuple[str, float]]:
+    """`domains` paused TCG domains with 4 disks each over one template; (prefix, set-up s)."""
     with common.lab() as lab:
         assert lab.folder is not None
         base = lab.folder / "base.qcow2"
@@ -370,73 +378,111 @@ def real_check(domains: int, rounds: int) -> tuple[str, tuple[float, float, floa
         started = time.perf_counter()
         for i in range(domains):
             disks = []
-            for target in ("vda", "vdb"):
-                top = lab.folder / f"{i:03d}-{target}.qcow2"
+            for target in REAL_TARGETS:
+                top = lab.folder / f"{i:04d}-{target}.qcow2"
                 common_run(
                     "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
                     str(top),
                 )  # fmt: skip
                 disks.append((target, top))
-            lab.start(f"{i:03d}", disks)
-        setup = time.perf_counter() - started
-        conn = lab.conn
-        flag = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
-        stats = libvirt.VIR_DOMAIN_STATS_BLOCK
-        backing = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
-        host = LibvirtHost(common.URI)
-        mine = set(lab.domains)
+            lab.start(f"{i:04d}", disks)
+        yield lab.prefix, time.perf_counter() - started
 
-        def naive() -> None:  # every domain of the host, as observe() reads them all
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                for item in parse_disks(dom.XMLDesc(0)):
-                    with contextlib.suppress(libvirt.libvirtError):  # vanished meanwhile
-                        dom.blockJobInfo(item.disk.target, flag)
-            conn.getAllDomainStats(stats, backing)
 
+def closed_window_policy(folder: Path, prefix: str) -> Path:
+    """Every disk of the prefix's domains selected, in a window that is not open today: each
+    reconcile plans all of them and changes nothing on the host."""
+    day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC).weekday() + 3) % 7]
+    return common.write_policy(
+        folder,
+        "version: 1\ntimezone: UTC\ndefaults: {bandwidth: 1MiB/s, max_concurrent: 4}\n"
+        f"windows:\n  later: {{days: [{day}]}}\n"
+        f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n    windows: [later]\n',
+    )
+
+
+def real_check(prefix: str, rounds: int) -> tuple[str, float]:
+    """observe() and a full reconcile on real libvirt over the domains named `prefix`*.
+
+    Reads only: the policy's window is closed, so nothing is started. Each measured round is
+    one resync (30 s) later on the host's sweep clock, so it reads the due part of the
+    job sweep as the daemon would. Returns the report and the reconcile's CPU per domain.
+    """
+    import libvirt
+
+    from exporter.clock import SystemClock
+    from exporter.libvirt_host import LibvirtHost
+    from exporter.libvirt_xml import parse_disks
+
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = libvirt.open(common.URI)
+    mine = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
+    if not mine:
+        raise SystemExit(f"no domain is named {prefix}*")
+    flag = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
+    stats = libvirt.VIR_DOMAIN_STATS_BLOCK
+    backing = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+
+    def naive() -> None:  # every domain of the host, as observe() reads them all
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            for item in parse_disks(dom.XMLDesc(0)):
+                with contextlib.suppress(libvirt.libvirtError):  # vanished meanwhile
+                    dom.blockJobInfo(item.disk.target, flag)
+        conn.getAllDomainStats(stats, backing)
+
+    sweep_clock = [0.0]
+
+    def later() -> None:
+        sweep_clock[0] += RESYNC
+
+    host = LibvirtHost(common.URI, clock=lambda: sweep_clock[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = closed_window_policy(Path(tmp), prefix)
+        controller = Controller(host, PolicySource(policy), SystemClock(), options=OPTIONS)
         try:
+            first = common.measure(host.observe, 1, process=True)  # the whole sweep
             observation = host.observe()
-            parts = breakdown(lab.domains, rounds)
-            total = len(observation.domains)
-            ours_mine = [d for d in observation.domains if d.name in mine]
-            assert len(ours_mine) == domains
-            time.sleep(5)  # let the just-started QEMUs settle
-            ours, base_cost = common.measure_pair(host.observe, naive, rounds, process=True)
-            ours_thread = common.measure(host.observe, rounds)
+            ours = common.measure(host.observe, rounds, before=later, process=True)
+            thread = common.measure(host.observe, rounds, before=later)
+            reconcile = common.measure(
+                lambda: controller.step(WAKE), rounds, before=later, process=True
+            )
+            naive_cost = common.measure(naive, max(3, rounds // 3), process=True)
+            xml, parse, job = breakdown(mine, rounds)
         finally:
             host.close()
-    # The host also lists other engineers' domains; scale the prediction to what was read.
-    disks_read = sum(len(d.disks) for d in observation.domains)
-    lat = LIBVIRT_9_LATENCY
-    predicted = lat.call + total * lat.domain_xml + disks_read * lat.job_info
-    naive_predicted = predicted + total * STATS_PER_DOMAIN
+            conn.close()
+    total = len(observation.domains)
+    disks = sum(len(d.disks) for d in observation.domains)
+    per_domain = reconcile.cpu / total
     rows = [
-        ["LibvirtHost.observe()", ms(ours.cpu), ms(ours.wall), ms(predicted)],
-        ["naive: XML + blockJobInfo every disk + stats", ms(base_cost.cpu), ms(base_cost.wall),
-         ms(naive_predicted)],
-        ["ratio ours / naive", ratio(ours.cpu, base_cost.cpu), ratio(ours.wall, base_cost.wall),
-         ratio(predicted, naive_predicted)],
+        ["first observe() after connecting (whole job sweep)", ms(first.cpu), ms(first.wall)],
+        ["observe(), one resync later (a tenth of the sweep)", ms(ours.cpu), ms(ours.wall)],
+        ["full reconcile: Controller.step (observe + plan + snapshot)", ms(reconcile.cpu),
+         ms(reconcile.wall)],
+        ["naive: XML + blockJobInfo every disk + block stats", ms(naive_cost.cpu),
+         ms(naive_cost.wall)],
+        ["ratio observe() / naive", ratio(ours.cpu, naive_cost.cpu),
+         ratio(ours.wall, naive_cost.wall)],
     ]  # fmt: skip
     text = (
-        f"### Real libvirt check: {domains} paused TCG domains, 2 disks each\n\n"
-        f"Set-up took {setup:.0f} s. observe() listed {total} domains ({disks_read} disks; "
-        f"other engineers' domains included) and read blockJobInfo for every disk with a chain. "
-        f"Median of {rounds} alternating rounds; CPU is this process's (the libvirt event-loop "
-        f"thread included); 'simulated wall' is what the latency model of the simulated part "
-        f"charges for the same reads.\n\n"
-        + table(["reads", "CPU ms", "wall ms", "simulated wall ms"], rows)
-        + f"\nPer domain: observe() CPU {ours.cpu / total * 1000:.3f} ms, "
-        f"wall {ours.wall / total * 1000:.3f} ms; calling thread's CPU only "
-        f"{ours_thread.cpu / total * 1000:.3f} ms; per disk read, process CPU "
-        f"{ours.cpu / disks_read * 1000:.3f} ms.\n"
-    )
-    xml, parse, job = parts
-    text += (
-        "\nWhere observe()'s CPU goes (thread CPU per call, a connection opened like "
-        "LibvirtHost's, with the event loop running; median of rounds over this run's domains): "
+        f"### Real libvirt: {len(mine)} paused TCG domains, {DISKS_PER_DOMAIN} disks each\n\n"
+        f"observe() listed {total} domains ({disks} disks; any other domain on the host "
+        f"included), every disk on a backing chain, none with a job. The policy selects all of "
+        f"the benchmark's domains in a window closed today, so a reconcile plans every disk "
+        f"and starts nothing. Median of {rounds} rounds, each one resync ({RESYNC:.0f} s) "
+        f"later on the host's job-sweep clock; CPU is this process's (the libvirt event-loop "
+        f"thread included).\n\n"
+        + table(["what", "CPU ms", "wall ms"], rows)
+        + f"\nPer domain: full reconcile CPU {per_domain * 1000:.3f} ms; observe() process CPU "
+        f"{ours.cpu / total * 1000:.3f} ms, calling thread only "
+        f"{thread.cpu / total * 1000:.3f} ms, wall {ours.wall / total * 1000:.3f} ms.\n"
+        "\nWhere observe()'s CPU goes (thread CPU per call on a connection opened like "
+        "LibvirtHost's, with the event loop running): "
         f"XMLDesc {xml * 1000:.3f} ms/domain, parse_disks {parse * 1000:.3f} ms/domain, "
         f"blockJobInfo {job * 1000:.3f} ms/disk.\n"
     )
-    return text, parts
+    return text, per_domain
 
 
 def common_run(*command: str) -> None:
@@ -450,7 +496,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,4000")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--real-domains", type=int, default=100)
+    parser.add_argument("--real-domains", type=int, default=100, help="paused domains to make")
+    parser.add_argument(
+        "--real-prefix", help="measure the existing domains named PREFIX* instead (read only)"
+    )
     parser.add_argument("--no-real", action="store_true")
     parser.add_argument("--record", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument("--child", choices=("imports", "full"), help=argparse.SUPPRESS)
@@ -525,23 +574,17 @@ def main() -> int:
     text = "".join(out)
     print(text, flush=True)
     if not args.no_real:
-        real, (xml, parse, job) = real_check(args.real_domains, args.rounds)
-        full = next(r for r in rows if r.what == f"full reconcile, {largest} disks")
-        controller_cpu = full.ours.cpu - sim_observe[(largest, 1.0)].cpu
+        with contextlib.ExitStack() as stack:
+            prefix = args.real_prefix
+            if prefix is None:
+                prefix, setup = stack.enter_context(real_lab(args.real_domains))
+                print(f"set-up of {args.real_domains} domains took {setup:.0f} s", flush=True)
+            real, per_domain = real_check(prefix, args.rounds)
         domains = largest // DISKS_PER_DOMAIN
-        lines = []
-        for share in (1.0, 0.1):
-            reads = int(largest * share)
-            projected = controller_cpu + domains * (xml + parse) + reads * job
-            lines.append(
-                f"- {share:.0%} of disks on a chain: controller (simulator's observe taken "
-                f"out) {ms(controller_cpu)} ms + {domains} x (XMLDesc + parse) "
-                f"{ms(domains * (xml + parse))} ms + {reads} x blockJobInfo {ms(reads * job)} ms "
-                f"= **{ms(projected)} ms** (target < 250 ms)\n"
-            )
         real += (
-            f"\nProjected daemon CPU of one full reconcile on real libvirt at {largest} disks "
-            f"({domains} domains), from the per-call CPU above:\n\n" + "".join(lines)
+            f"\nAt {domains} domains x {DISKS_PER_DOMAIN} disks, a full reconcile costs "
+            f"{per_domain * 1000:.3f} ms x {domains} = **{per_domain * domains * 1000:.0f} ms** "
+            "of CPU (target < 250 ms).\n"
         )
         print(real, flush=True)
         text += "\n" + real

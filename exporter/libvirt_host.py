@@ -41,7 +41,7 @@ from exporter.host import EventSink
 from exporter.job_sweep import JobSweep
 from exporter.libvirt_errors import host_error
 from exporter.libvirt_loop import EventLoop, shared_loop
-from exporter.libvirt_xml import normalise_target, parse_disks
+from exporter.libvirt_xml import ParsedDisks, normalise_target
 from exporter.model import (
     BlockJob,
     ConnectionEvent,
@@ -155,6 +155,7 @@ class LibvirtHost:
         self._closed = False
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
+        self._parsed = ParsedDisks()  # used by the observing thread only
         self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
 
     # -- Host protocol ------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class LibvirtHost:
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
+        self._parsed.keep_only({d.uuid for d in domains})
         domains = self._states_after(conn, domains)
         with self._lock:
             self._domains = handles
@@ -282,7 +284,7 @@ class LibvirtHost:
     ) -> Domain | None:
         name, uuid = dom.name(), dom.UUIDString()
         try:
-            parsed = parse_disks(dom.XMLDesc(0))
+            parsed = self._parsed.of(uuid, dom.XMLDesc(0))
         except libvirt.libvirtError as error:
             failure = self._failed(error)
             if failure.reason is ErrorReason.DOMAIN_NOT_FOUND:

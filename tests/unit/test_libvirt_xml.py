@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.libvirt_xml import DiskXml, normalise_target, parse_disks
+from exporter.libvirt_xml import DiskXml, ParsedDisks, normalise_target, parse_disks
 
 LIVE = """<domain type='qemu' id='1'><name>web-1</name><devices>
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>
@@ -87,3 +87,23 @@ def test_devices_and_disks_in_metadata_after_the_devices_are_not_the_domains() -
 
 def test_a_domain_without_disks_has_none() -> None:
     assert parse_disks("<domain type='qemu'><name>d</name><devices/></domain>") == ()
+
+
+def test_an_unchanged_xml_is_not_parsed_again() -> None:
+    parsed = ParsedDisks()
+    first = parsed.of("uuid-1", LIVE)
+    assert parsed.of("uuid-1", str(LIVE + " ")[:-1]) is first  # equal text, another string
+
+
+def test_a_changed_xml_is_parsed_again() -> None:
+    parsed = ParsedDisks()
+    parsed.of("uuid-1", LIVE)
+    rebased = LIVE.replace("/img/mid.qcow2", "/img/other.qcow2")
+    assert parsed.of("uuid-1", rebased) == parse_disks(rebased) != parse_disks(LIVE)
+
+
+def test_domains_gone_are_forgotten() -> None:
+    parsed = ParsedDisks()
+    first = parsed.of("uuid-1", LIVE)
+    parsed.keep_only(set())
+    assert parsed.of("uuid-1", LIVE) is not first
