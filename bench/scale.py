@@ -27,6 +27,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -389,15 +391,14 @@ def real_lab(domains: int) -> Iterator[tuple[str, float]]:
         yield lab.prefix, time.perf_counter() - started
 
 
-def closed_window_policy(folder: Path, prefix: str) -> Path:
+def closed_window_policy(prefix: str) -> str:
     """Every disk of the prefix's domains selected, in a window that is not open today: each
     reconcile plans all of them and changes nothing on the host."""
     day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC).weekday() + 3) % 7]
-    return common.write_policy(
-        folder,
+    return (
         "version: 1\ntimezone: UTC\ndefaults: {bandwidth: 1MiB/s, max_concurrent: 4}\n"
         f"windows:\n  later: {{days: [{day}]}}\n"
-        f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n    windows: [later]\n',
+        f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n    windows: [later]\n'
     )
 
 
@@ -437,7 +438,7 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
 
     host = LibvirtHost(common.URI, clock=lambda: sweep_clock[0])
     with tempfile.TemporaryDirectory() as tmp:
-        policy = closed_window_policy(Path(tmp), prefix)
+        policy = common.write_policy(Path(tmp), closed_window_policy(prefix))
         controller = Controller(host, PolicySource(policy), SystemClock(), options=OPTIONS)
         try:
             first = common.measure(host.observe, 1, process=True)  # the whole sweep
@@ -485,6 +486,45 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     return text, per_domain
 
 
+def real_daemon(prefix: str, seconds: float) -> str:
+    """`blockpull-exporter run` itself over the same domains, a full reconcile every 10 s:
+    CPU per reconcile with everything a process spends (event thread, web server, the
+    scrapes taken here), resident memory, and the time a scrape takes."""
+    from exporter_process import ExporterProcess
+
+    count = ("blockpull_reconcile_duration_seconds_count", frozenset())
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = ExporterProcess(
+            Path(tmp), common.URI, ("--resync.interval", "10"), log_level="info"
+        )
+        daemon.policy.write_text(closed_window_policy(prefix))
+        try:
+            daemon.start()
+            time.sleep(15)  # past the first reconcile after connecting (the whole job sweep)
+            cpu, reconciles = daemon.cpu_seconds(), daemon.samples()[count]
+            time.sleep(seconds)
+            cpu, reconciles = daemon.cpu_seconds() - cpu, daemon.samples()[count] - reconciles
+            scrapes = []
+            for _ in range(5):
+                began = time.perf_counter()
+                body = daemon.scrape()
+                scrapes.append(time.perf_counter() - began)
+            assert daemon.process is not None
+            status = Path(f"/proc/{daemon.process.pid}/status").read_text()
+        finally:
+            daemon.stop()
+    memory = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.MULTILINE))
+    return (
+        f"\nThe daemon itself (`blockpull-exporter run --resync.interval 10`, log level info) "
+        f"over the same domains for {seconds:.0f} s: {reconciles:.0f} full reconciles took "
+        f"{cpu:.2f} s of process CPU, **{cpu / reconciles * 1000:.0f} ms per reconcile** with "
+        f"everything the process spent in between (2 scrapes included); resident memory "
+        f"**{int(memory['VmRSS']) / 1024:.1f} MiB** (peak {int(memory['VmHWM']) / 1024:.1f} "
+        f"MiB; target < 80 MB); a scrape of its {len(body)}-byte /metrics took "
+        f"{statistics.median(scrapes) * 1000:.1f} ms (median of 5, wall).\n"
+    )
+
+
 def common_run(*command: str) -> None:
     subprocess.run(command, check=True)
 
@@ -501,6 +541,7 @@ def main() -> int:
         "--real-prefix", help="measure the existing domains named PREFIX* instead (read only)"
     )
     parser.add_argument("--no-real", action="store_true")
+    parser.add_argument("--daemon-seconds", type=float, default=120.0)
     parser.add_argument("--record", action="store_true", help="update bench/RESULTS.md")
     parser.add_argument("--child", choices=("imports", "full"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -580,6 +621,7 @@ def main() -> int:
                 prefix, setup = stack.enter_context(real_lab(args.real_domains))
                 print(f"set-up of {args.real_domains} domains took {setup:.0f} s", flush=True)
             real, per_domain = real_check(prefix, args.rounds)
+            real += real_daemon(prefix, args.daemon_seconds)
         domains = largest // DISKS_PER_DOMAIN
         real += (
             f"\nAt {domains} domains x {DISKS_PER_DOMAIN} disks, a full reconcile costs "

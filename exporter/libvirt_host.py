@@ -4,7 +4,7 @@ How observe() reads the host, chosen from bench/OBSERVE_COSTS.md (libvirt 9.0, 5
 domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its state in one
 call (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per
 domain (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient
-and `<mirror>`. `blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it
+and `<mirror>`; an XML equal to the domain's previous one is not parsed again (ParsedDisks). `blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it
 runs for disks of running or paused domains that have a `<mirror>` or a job this host started
 or saw, and, once per `job_sweep_interval` (spread over the observes in between:
 exporter/job_sweep.py; all at once after every (re)connection), for every disk on a backing
