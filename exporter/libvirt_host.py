@@ -1,17 +1,18 @@
 """The real host: libvirt-python against a libvirtd (usually qemu:///system).
 
 How observe() reads the host, chosen from bench/OBSERVE_COSTS.md (libvirt 9.0, 50 paused TCG
-domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its state in one
-call (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per
-domain (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient
-and `<mirror>`; an XML equal to the domain's previous one is not parsed again (ParsedDisks). `blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it
-runs for disks of running or paused domains that have a `<mirror>` or a job this host started
-or saw, and, once per `job_sweep_interval` (spread over the observes in between:
-exporter/job_sweep.py; all at once after every (re)connection), for every disk on a backing
-chain, which is how jobs started by others (`virsh blockpull`) are found. Until then such a job
-is also found when starting a pull on its disk fails with "busy".
-`getAllDomainStats(BLOCK, BACKING)` would give chains in one call but costs ~2.9 ms/domain
-(it asks every QEMU), names no network image and reports no block job: not used.
+domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its state in one call
+(0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per domain
+(0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient and
+`<mirror>`; an XML equal to the domain's previous one is not parsed again (ParsedDisks).
+`blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it runs for disks of
+running or paused domains that have a `<mirror>` or a job this host started or saw, and, once
+per `job_sweep_interval` (spread over the observes in between: exporter/job_sweep.py; all at
+once after every (re)connection), for every disk on a backing chain, which is how jobs started
+by others (`virsh blockpull`) are found. Until then such a job is also found when starting a
+pull on its disk fails with "busy". `getAllDomainStats(BLOCK, BACKING)` would give chains in one
+call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
+job: not used.
 
 Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags); 0 = unlimited.
 `abort()` uses `blockJobAbort(disk, 0)`, which waits until QEMU has cancelled the job (a few

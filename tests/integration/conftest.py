@@ -9,6 +9,7 @@ Everything created here (domains, image folders, hosts) is removed even when a t
 from __future__ import annotations
 
 import queue
+import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,15 @@ def domains(libvirt_conn: libvirt.virConnect) -> Iterator[Domains]:
     made = Domains(libvirt_conn)
     yield made
     made.remove_all()
+
+
+@pytest.fixture
+def nbd_processes() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Every qemu-nbd (helpers.start_nbd) the test starts, killed on the way out."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        helpers.stop_nbd(process)
 
 
 @dataclass

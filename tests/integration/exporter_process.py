@@ -1,9 +1,11 @@
-"""The real daemon, `blockpull-exporter run`, as a subprocess for end-to-end tests.
+"""The real daemon, `blockpull-exporter run`, as a subprocess for end-to-end and fault tests.
 
-`running_exporter(policy, uri, workdir)` starts it on a free loopback port with its own state
-dir under `workdir`, waits until /metrics answers (optionally until a reconcile has finished),
-and stops it with SIGTERM (SIGKILL after a grace period) in a finally. Its log is kept in
-`workdir` for failure messages.
+`ExporterProcess` runs it on a free loopback port with its policy file, state dir and logs in
+one work dir; it can be killed or terminated and started again (each run logs to its own
+daemon-<n>.log), and reads and waits for values on its own /metrics. `running_exporter(policy,
+uri, workdir)` is the usual way in: started, and stopped in a finally whatever happens.
+`policy_for_domains(...)` writes the only kind of policy these tests may use: one rule that
+names exactly the test's own domains.
 
 No libvirt import here: the unit test of the metrics table runs it against the simulated host.
 """
@@ -11,6 +13,7 @@ No libvirt import here: the unit test of the metrics table runs it against the s
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +31,12 @@ from exporter.model import DiskKey
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0
+START_ATTEMPTS = 3  # free_port() races with every other process on the machine
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NO_LABELS: frozenset[tuple[str, str]] = frozenset()
 RECONCILED = "blockpull_last_reconcile_success_timestamp_seconds"
+RECONCILES = "blockpull_reconcile_duration_seconds_count"  # successful or not
+LIBVIRT_UP = "blockpull_libvirt_up"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -52,9 +60,10 @@ def policy_for_domains(
     """A policy whose only rule selects exactly `domains`, by name.
 
     Never a glob: other suites share this libvirtd, and a catch-all would pull their disks.
-    max_concurrent is very high because jobs of other suites' domains count against it (they are
-    foreign jobs to this daemon, each taking a slot). `window`: the name of a window open all
-    day, every day, that the rule lists (so blockpull_window_active has a series).
+    max_concurrent is very high by default because jobs of other suites' domains count against
+    it (they are foreign jobs to this daemon, each taking a slot). `window`: the name of a
+    window open all day, every day, that the rule lists (so blockpull_window_active has a
+    series).
     """
     if not domains:
         raise ValueError("a test policy must name its domains")
@@ -89,30 +98,162 @@ def parse_metrics(text: str) -> Samples:
 
 @dataclass
 class ExporterProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+    """The daemon with `workdir`/policy.yaml and `workdir`/state on `uri`.
+
+    Not started on construction, so a test can write its policy (or a broken state file)
+    first; start() again after kill() or terminate() is a restart on the same state dir.
+    """
+
+    workdir: Path
+    uri: str
+    extra_args: Sequence[str] = ()
+    log_level: str = "debug"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    runs: int = 0
+
+    @property
+    def policy(self) -> Path:
+        return self.workdir / "policy.yaml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "state"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self.address}/metrics"
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout: float = READY_TIMEOUT) -> None:
+        """Runs the daemon and waits until its first reconcile has finished (or found libvirt
+        down); a port taken by someone else meanwhile is retried on a fresh one."""
+        assert not self.running(), "already running"
+        for _ in range(START_ATTEMPTS):
+            self._launch()
+            if self._wait_ready(timeout):
+                return
+            if self.running() or "cannot listen" not in self._run_log(self.runs):
+                self.stop()
+                raise AssertionError(f"daemon not ready in {timeout:.0f} s\n{self.describe()}")
+            self.port = free_port()
+        raise AssertionError(f"daemon found no free port in {START_ATTEMPTS} attempts")
+
+    def _launch(self) -> None:
+        self.runs += 1
+        command = [
+            *daemon_command(),
+            "run",
+            "--policy.file",
+            str(self.policy),
+            "--libvirt.uri",
+            self.uri,
+            "--web.listen-address",
+            self.address,
+            "--state.dir",
+            str(self.state_dir),
+            "--log.level",
+            self.log_level,
+            *self.extra_args,
+        ]
+        with self._log_path(self.runs).open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+            )
+
+    def _wait_ready(self, timeout: float) -> bool:
+        """True once ready; False if the process died or the time is up."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running():
+            if self._ready():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _ready(self) -> bool:
+        """A reconcile finished: successfully, or failing with libvirt down (a daemon must
+        start and answer without libvirtd). libvirt_up alone is 0 before the first one."""
+        body = self.try_scrape()
+        if body is None:
+            return False
+        samples = parse_metrics(body)
+        if (RECONCILED, NO_LABELS) in samples:
+            return True
+        tried = samples.get((RECONCILES, NO_LABELS), 0.0) >= 1
+        return tried and samples.get((LIBVIRT_UP, NO_LABELS)) == 0.0
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None, "never started"
+        self.process.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to save anything."""
+        self.signal(signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds it took), so a test can hold it to a prompt exit."""
+        began = time.monotonic()
+        self.signal(signal.SIGTERM)
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        return code, time.monotonic() - began
+
+    def stop(self, grace: float = 20.0) -> None:
+        """Cleanup, whatever state it is in: SIGTERM, SIGKILL after `grace` seconds."""
+        if not self.running():
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the running daemon (all its threads), from /proc."""
+        assert self.process is not None, "never started"
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def _log_path(self, run: int) -> Path:
+        return self.workdir / f"daemon-{run}.log"
+
+    def _run_log(self, run: int) -> str:
+        path = self._log_path(run)
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """Every run's log, oldest first: a restarted daemon's story spans several."""
+        return "\n".join(self._run_log(run) for run in range(1, self.runs + 1))
+
+    def tracebacks(self) -> list[str]:
+        return [line for line in self.log().splitlines() if "Traceback" in line]
 
     def describe(self) -> str:
-        state = "running" if self.process.poll() is None else f"exit {self.process.returncode}"
+        """For failure messages: where it runs, whether it still does, and the log's tail."""
+        if self.process is None:
+            state = "never started"
+        else:
+            state = "running" if self.running() else f"exit {self.process.returncode}"
         return f"daemon on {self.address} ({state}), log tail:\n{self.log()[-6000:]}"
+
+    # -- /metrics ----------------------------------------------------------------------------
 
     def try_scrape(self) -> str | None:
         """The /metrics body, or None when it does not answer."""
         try:
-            with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
-                return response.read().decode()
+            with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=10) as r:
+                return r.read().decode()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
 
@@ -126,105 +267,51 @@ class ExporterProcess:
         return parse_metrics(self.scrape())
 
     def value(self, name: str, key: DiskKey | None = None, **labels: str) -> float | None:
+        """The sample with exactly these labels (`key`: domain and disk), None if absent."""
         if key is not None:
             labels = {"domain": key.domain, "disk": key.disk, **labels}
         return self.samples().get((name, frozenset(labels.items())))
 
     def wait_value(
-        self, name: str, at_least: float, timeout: float, key: DiskKey | None = None
+        self,
+        name: str,
+        *,
+        equals: float | None = None,
+        at_least: float | None = None,
+        timeout: float = 30.0,
+        key: DiskKey | None = None,
+        **labels: str,
     ) -> float:
-        """Seconds until the sample reached `at_least`; fails with the daemon's log."""
+        """Seconds until the sample `equals` (or reached `at_least`) a value; fails with the
+        last value and the daemon's log. Exactly one of the two."""
+        if (equals is None) == (at_least is None):
+            raise TypeError("wait_value takes exactly one of equals= and at_least=")
         began = time.monotonic()
         deadline = began + timeout
         while True:
-            value = self.value(name, key)
-            if value is not None and value >= at_least:
+            value = self.value(name, key, **labels)
+            if value is not None and (value == equals if at_least is None else value >= at_least):
                 return time.monotonic() - began
             if time.monotonic() > deadline:
+                wanted = f"== {equals}" if at_least is None else f">= {at_least}"
+                shown = {**({"key": str(key)} if key else {}), **labels}
                 raise AssertionError(
-                    f"{name} {key} is {value}, not >= {at_least}, after {timeout:.0f} s\n"
+                    f"{name}{shown} is {value}, not {wanted}, after {timeout:.0f} s\n"
                     f"{self.describe()}"
                 )
-            time.sleep(0.2)
-
-    def reconciled(self) -> bool:
-        body = self.try_scrape()
-        return body is not None and f"\n{RECONCILED} " in body
+            time.sleep(0.1)
 
 
 @contextlib.contextmanager
 def running_exporter(
-    policy: str,
-    uri: str,
-    workdir: Path,
-    extra_args: Sequence[str] = (),
-    wait_reconciled: bool = True,
-    attempts: int = 3,
+    policy: str, uri: str, workdir: Path, extra_args: Sequence[str] = ()
 ) -> Iterator[ExporterProcess]:
-    """The daemon with `policy` (YAML text) on `uri`; SIGTERM on the way out, whatever happens."""
+    """The daemon with `policy` (YAML text) on `uri`, ready; stopped on the way out."""
     workdir.mkdir(parents=True, exist_ok=True)
-    policy_file = workdir / "policy.yaml"
-    policy_file.write_text(policy)
-    state_dir = workdir / "state"
-    for attempt in range(1, attempts + 1):
-        daemon = _start(policy_file, uri, state_dir, workdir / f"daemon-{attempt}.log", extra_args)
-        try:
-            if _wait_ready(daemon, wait_reconciled):
-                yield daemon
-                return
-            if daemon.process.poll() is None or "cannot listen" not in daemon.log():
-                raise AssertionError(f"daemon not ready in {READY_TIMEOUT} s\n{daemon.describe()}")
-        finally:
-            _stop(daemon.process)
-    raise AssertionError(f"daemon found no free port in {attempts} attempts")
-
-
-def _start(
-    policy_file: Path, uri: str, state_dir: Path, log_path: Path, extra_args: Sequence[str]
-) -> ExporterProcess:
-    port = free_port()
-    command = [
-        *daemon_command(),
-        "run",
-        "--policy.file",
-        str(policy_file),
-        "--libvirt.uri",
-        uri,
-        "--web.listen-address",
-        f"127.0.0.1:{port}",
-        "--state.dir",
-        str(state_dir),
-        "--log.level",
-        "debug",
-        *extra_args,
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-        )
-    return ExporterProcess(process, port, log_path)
-
-
-def _wait_ready(daemon: ExporterProcess, wait_reconciled: bool) -> bool:
-    """True once /metrics answers (after a reconcile if asked); False if the process died."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if daemon.process.poll() is not None:
-            return False
-        if wait_reconciled and daemon.reconciled():
-            return True
-        if not wait_reconciled and daemon.try_scrape() is not None:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+    daemon = ExporterProcess(workdir, uri, extra_args)
+    daemon.policy.write_text(policy)
     try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(10)
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()

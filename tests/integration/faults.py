@@ -1,5 +1,6 @@
-"""Harness pieces for the fault-injection suites: the daemon as a subprocess, its metrics,
-policies that select only a test's own domains, libvirtd restarts, qemu-nbd and tmpfs.
+"""Fault-specific pieces for the fault-injection suites: jobs read on the real host,
+libvirtd stopped and restarted, qemu-nbd and tmpfs under a disk, the test's subject domain, and
+the subject's counters. The daemon itself runs through exporter_process.ExporterProcess.
 
 Everything here cleans up after itself; the libvirtd helpers always leave libvirtd running.
 """
@@ -11,50 +12,15 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import helpers
 import libvirt
-from prometheus_client.parser import text_string_to_metric_families
-
-REPO = Path(__file__).resolve().parents[2]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def policy_yaml(
-    domains: Sequence[str],
-    bandwidth: str = "2MiB/s",
-    max_concurrent: int = 64,
-    max_attempts: int = 5,
-    backoff: str = "2s",
-) -> str:
-    """A policy whose only rule selects exactly `domains` (never a catch-all: other suites
-    share this libvirtd)."""
-    names = ", ".join(f'"{d}"' for d in domains)
-    return (
-        "version: 1\n"
-        "defaults:\n"
-        f"  bandwidth: {bandwidth}\n"
-        f"  max_concurrent: {max_concurrent}\n"
-        f"  retry: {{max_attempts: {max_attempts}, backoff: {backoff}, max_backoff: {backoff}}}\n"
-        "rules:\n"
-        "  - name: faults\n"
-        f"    domains: [{names}]\n"
-    )
+from exporter_process import ExporterProcess
+from prometheus_server import free_port
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -62,151 +28,6 @@ def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
-
-
-def parse_metrics(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-@dataclass
-class Daemon:
-    """`blockpull-exporter run` on a free loopback port, with its log in `workdir`."""
-
-    policy: Path
-    state_dir: Path
-    workdir: Path
-    extra_args: Sequence[str] = ()
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-    runs: int = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / f"daemon-{self.runs}.log"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout: float = 20.0) -> None:
-        """Starts and waits until /metrics shows a finished reconcile (or libvirt down)."""
-        assert self.process is None or self.process.poll() is not None, "already running"
-        self.runs += 1
-        command = [
-            sys.executable,
-            "-m",
-            "exporter",
-            "run",
-            "--policy.file",
-            str(self.policy),
-            "--libvirt.uri",
-            helpers.URI,
-            "--web.listen-address",
-            f"127.0.0.1:{self.port}",
-            "--state.dir",
-            str(self.state_dir),
-            "--log.level",
-            "info",
-            *self.extra_args,
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
-            )
-        ready = helpers.wait_for(self._ready, timeout, interval=0.1)
-        if not ready:
-            raise AssertionError(f"daemon not ready in {timeout} s:\n{self.log()}")
-
-    def _ready(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
-        samples = self.try_metrics()
-        if samples is None:
-            return False
-        up = samples.get(("blockpull_libvirt_up", frozenset()), 0.0)
-        reconciled = ("blockpull_last_reconcile_success_timestamp_seconds", frozenset())
-        return up == 0.0 or reconciled in samples
-
-    def log(self) -> str:
-        return "\n".join(
-            self.workdir.joinpath(f"daemon-{run}.log").read_text(errors="replace")
-            for run in range(1, self.runs + 1)
-            if self.workdir.joinpath(f"daemon-{run}.log").exists()
-        )
-
-    def try_metrics(self) -> Samples | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-                return parse_metrics(r.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
-
-    def metrics(self) -> Samples:
-        samples = self.try_metrics()
-        assert samples is not None, f"/metrics did not answer:\n{self.log()}"
-        return samples
-
-    def value(self, name: str, **labels: str) -> float | None:
-        return self.metrics().get((name, frozenset(labels.items())))
-
-    def wait_value(self, name: str, expected: float, timeout: float = 30.0, **labels: str) -> float:
-        """Seconds until the metric reached `expected`; fails with the last value and log."""
-        began = time.monotonic()
-        if helpers.wait_for(lambda: self.value(name, **labels) == expected, timeout, 0.1):
-            return time.monotonic() - began
-        raise AssertionError(
-            f"{name}{labels} is {self.value(name, **labels)}, not {expected}, "
-            f"after {timeout} s:\n{self.log()[-6000:]}"
-        )
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to save anything."""
-        self.signal(signal.SIGKILL)
-        assert self.process is not None
-        self.process.wait(10)
-
-    def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; (exit code, seconds it took)."""
-        began = time.monotonic()
-        self.signal(signal.SIGTERM)
-        assert self.process is not None
-        code = self.process.wait(timeout)
-        return code, time.monotonic() - began
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the daemon process (all its threads)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def tracebacks(self) -> list[str]:
-        return [line for line in self.log().splitlines() if "Traceback" in line]
-
-
-@contextlib.contextmanager
-def running_daemon(
-    policy: Path, state_dir: Path, workdir: Path, extra_args: Sequence[str] = ()
-) -> Iterator[Daemon]:
-    daemon = Daemon(policy, state_dir, workdir, extra_args)
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
 
 
 # -- jobs on the real host, read through the test's own connection ---------------------------
@@ -391,6 +212,14 @@ def make_subject(
 ) -> Subject:
     """A paused domain over a 1-deep chain; its name is appended to `names` for the cleanup."""
     chain = helpers.create_chain(folder, name=label, fill_mib=fill_mib)
+    return start_subject(conn, names, folder, chain, label)
+
+
+def start_subject(
+    conn: libvirt.virConnect, names: list[str], folder: Path, chain: helpers.Chain, label: str
+) -> Subject:
+    """A paused domain whose vda is `chain.top`, its content kept aside in `folder` first; its
+    name is appended to `names` for the cleanup."""
     original = helpers.flatten(chain.top, folder / f"{label}-original.raw")
     name = helpers.unique_name(label)
     names.append(name)
@@ -406,9 +235,16 @@ def stop_domain(conn: libvirt.virConnect, name: str) -> None:
     assert helpers.wait_for(lambda: not dom.isActive(), 30, 0.1)
 
 
-def counters(daemon: Daemon, subject: Subject) -> dict[str, float]:
+def expected_counters(
+    started: int = 0, completed: int = 0, failed: int = 0, aborted: int = 0
+) -> dict[str, float]:
+    """What `counters` returns when the subject's disk saw exactly these."""
+    return {"started": started, "completed": completed, "failed": failed, "aborted": aborted}
+
+
+def counters(daemon: ExporterProcess, subject: Subject) -> dict[str, float]:
     """started/completed/failed and aborted (all reasons) for the subject's disk."""
-    samples = daemon.metrics()
+    samples = daemon.samples()
     labels = frozenset(subject.labels().items())
     result = {
         kind: samples.get((f"blockpull_jobs_{kind}_total", labels), 0.0)
@@ -423,7 +259,7 @@ def counters(daemon: Daemon, subject: Subject) -> dict[str, float]:
 
 
 def assert_counts(
-    daemon: Daemon,
+    daemon: ExporterProcess,
     subject: Subject,
     started: int = 0,
     completed: int = 0,
@@ -435,16 +271,11 @@ def assert_counts(
     Each such abort must come with exactly one extra start (the pull is started again)."""
     got = counters(daemon, subject)
     over = aborted_reason(daemon, subject, "over_budget")
-    expected = {
-        "started": started + over,
-        "completed": completed,
-        "failed": failed,
-        "aborted": aborted + over,
-    }
+    expected = expected_counters(started + over, completed, failed, aborted + over)
     assert got == expected, f"over_budget aborts: {over}\n{daemon.log()[-4000:]}"
 
 
-def aborted_reason(daemon: Daemon, subject: Subject, reason: str) -> int:
+def aborted_reason(daemon: ExporterProcess, subject: Subject, reason: str) -> int:
     value = daemon.value("blockpull_jobs_aborted_total", **subject.labels(), reason=reason)
     return int(value or 0)
 

@@ -18,7 +18,8 @@ import helpers
 import libvirt
 import pytest
 from conftest import Domains
-from faults import Daemon, Subject
+from exporter_process import ExporterProcess, policy_for_domains
+from faults import Subject
 from helpers import MIB
 
 
@@ -34,31 +35,34 @@ def subject(libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Pa
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, subject: Subject) -> Iterator[Daemon]:
-    """Not started: each test writes its policy and starts it."""
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(faults.policy_yaml([subject.domain]))
-    made = Daemon(policy, tmp_path / "state", tmp_path, ("--progress.interval", "0.5"))
+def daemon(tmp_path: Path, subject: Subject) -> Iterator[ExporterProcess]:
+    """Not started: each test writes its policy and starts it. After `subject`, so it is
+    stopped before the domain is removed."""
+    made = ExporterProcess(tmp_path, helpers.URI, ("--progress.interval", "0.5"), "info")
     yield made
     made.stop()
     assert not made.tracebacks(), made.log()
 
 
-def _set_policy(daemon: Daemon, subject: Subject, bandwidth: str) -> None:
-    daemon.policy.write_text(faults.policy_yaml([subject.domain], bandwidth=bandwidth))
+def _policy(subject: Subject, bandwidth: str) -> str:
+    return policy_for_domains([subject.domain], bandwidth, max_concurrent=64, rule="faults")
 
 
-def _tracked(daemon: Daemon) -> list[dict[str, object]]:
+def _set_policy(daemon: ExporterProcess, subject: Subject, bandwidth: str) -> None:
+    daemon.policy.write_text(_policy(subject, bandwidth))
+
+
+def _tracked(daemon: ExporterProcess) -> list[dict[str, object]]:
     state = json.loads((daemon.state_dir / "state.json").read_text())
     return list(state["tracked"])
 
 
 def test_sigkilled_daemon_adopts_the_running_pull_on_restart(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
     _set_policy(daemon, subject, "2MiB/s")  # 32 MiB: ~16 s
     daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
     before_kill = faults.wait_cursor_above(libvirt_conn, subject.domain, 2 * MIB)
     daemon.kill()
 
@@ -66,70 +70,50 @@ def test_sigkilled_daemon_adopts_the_running_pull_on_restart(
     # Tracked in the state file: adopted silently, neither started again nor aborted.
     seen = [faults.cursor(libvirt_conn, subject.domain)]
     faults.wait_cursor_above(libvirt_conn, subject.domain, seen[0] + MIB)
-    assert faults.counters(daemon, subject) == {
-        "started": 0,
-        "completed": 0,
-        "failed": 0,
-        "aborted": 0,
-    }
+    assert faults.counters(daemon, subject) == faults.expected_counters()
     assert daemon.value("blockpull_job_cursor_bytes", **subject.labels()) is not None
     while faults.job_info(libvirt_conn, subject.domain):  # the cursor never goes back
         seen.append(faults.cursor(libvirt_conn, subject.domain))
         time.sleep(0.2)
     assert all(b >= a for a, b in itertools.pairwise(seen) if b), seen
     assert min(s for s in seen if s) >= before_kill
-    daemon.wait_value("blockpull_jobs_completed_total", 1, 10, **subject.labels())
-    assert faults.counters(daemon, subject) == {
-        "started": 0,
-        "completed": 1,
-        "failed": 0,
-        "aborted": 0,
-    }
+    daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=10, **subject.labels())
+    assert faults.counters(daemon, subject) == faults.expected_counters(completed=1)
     faults.stop_domain(libvirt_conn, subject.domain)
     assert subject.content_unchanged()
 
 
 def test_pull_finished_while_the_daemon_was_down_is_counted_once(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
     _set_policy(daemon, subject, "8MiB/s")  # 32 MiB: ~4 s
     daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
     faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
     daemon.kill()
     faults.wait_no_job(libvirt_conn, subject.domain, 30)
     assert faults.chain_length(libvirt_conn, subject.domain) == 0
 
     daemon.start()
-    daemon.wait_value("blockpull_jobs_completed_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=10, **subject.labels())
     time.sleep(2)  # a few more reconciles and progress ticks
-    assert faults.counters(daemon, subject) == {
-        "started": 0,
-        "completed": 1,
-        "failed": 0,
-        "aborted": 0,
-    }
+    assert faults.counters(daemon, subject) == faults.expected_counters(completed=1)
     assert _tracked(daemon) == []
     daemon.terminate()
 
     daemon.start()  # the settled pull is not remembered as running: never counted again
     time.sleep(1.5)
-    assert faults.counters(daemon, subject) == {
-        "started": 0,
-        "completed": 0,
-        "failed": 0,
-        "aborted": 0,
-    }
+    assert faults.counters(daemon, subject) == faults.expected_counters()
     faults.stop_domain(libvirt_conn, subject.domain)
     assert subject.content_unchanged()
 
 
 def test_sigterm_exits_promptly_and_leaves_the_pull_running(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
     _set_policy(daemon, subject, "1MiB/s")
     daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
     at_term = faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
     code, took = daemon.terminate()
     assert code == 0, daemon.log()
@@ -148,12 +132,12 @@ def test_sigterm_exits_promptly_and_leaves_the_pull_running(
 
 
 def test_sigterm_with_abort_pulls_aborts_the_pull_first(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
     _set_policy(daemon, subject, "1MiB/s")
     daemon.extra_args = (*daemon.extra_args, "--shutdown.abort-pulls")
     daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
     faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
     code, took = daemon.terminate()
     assert code == 0, daemon.log()
@@ -167,7 +151,7 @@ def test_sigterm_with_abort_pulls_aborts_the_pull_first(
 
 
 def test_corrupt_state_file_is_moved_aside_and_the_daemon_works(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
     _set_policy(daemon, subject, "16MiB/s")
     daemon.state_dir.mkdir()
@@ -177,13 +161,8 @@ def test_corrupt_state_file_is_moved_aside_and_the_daemon_works(
     aside = list(daemon.state_dir.glob("state.json.corrupt-*"))
     assert [p.read_bytes() for p in aside] == [garbage]
     assert "WARNING" in daemon.log() and "unreadable" in daemon.log()
-    daemon.wait_value("blockpull_jobs_completed_total", 1, 20, **subject.labels())
-    assert faults.counters(daemon, subject) == {
-        "started": 1,
-        "completed": 1,
-        "failed": 0,
-        "aborted": 0,
-    }
+    daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=20, **subject.labels())
+    assert faults.counters(daemon, subject) == faults.expected_counters(started=1, completed=1)
     assert json.loads((daemon.state_dir / "state.json").read_text())["version"] == 1
     faults.stop_domain(libvirt_conn, subject.domain)
     assert subject.content_unchanged()
@@ -198,12 +177,12 @@ BROKEN_POLICIES = {
 
 
 def test_broken_policy_files_keep_the_last_good_policy(
-    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: Daemon
+    libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    good = faults.policy_yaml([subject.domain], bandwidth="1MiB/s")
+    good = _policy(subject, "1MiB/s")
     daemon.policy.write_text(good)
     daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
     faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
     reload_ok = "blockpull_policy_last_reload_successful"
     for kind, text in BROKEN_POLICIES.items():
@@ -215,7 +194,7 @@ def test_broken_policy_files_keep_the_last_good_policy(
             assert text is not None
             faults.write_atomically(daemon.policy, text)
         daemon.signal(signal.SIGHUP)
-        daemon.wait_value(reload_ok, 0, 5)
+        daemon.wait_value(reload_ok, equals=0, timeout=5)
         time.sleep(1.2)  # the file watcher runs too: still the old policy, still one pull
         assert daemon.value(reload_ok) == 0, kind
         info = faults.job_info(libvirt_conn, subject.domain)
@@ -223,10 +202,10 @@ def test_broken_policy_files_keep_the_last_good_policy(
         assert daemon.value("blockpull_budget_bandwidth_bytes_per_second") == MIB, kind
         faults.write_atomically(daemon.policy, good)
         daemon.signal(signal.SIGHUP)
-        daemon.wait_value(reload_ok, 1, 5)
+        daemon.wait_value(reload_ok, equals=1, timeout=5)
     # A changed good policy takes effect on the running pull.
-    faults.write_atomically(daemon.policy, faults.policy_yaml([subject.domain], "4MiB/s"))
-    daemon.wait_value(reload_ok, 1, 5)
+    faults.write_atomically(daemon.policy, _policy(subject, "4MiB/s"))
+    daemon.wait_value(reload_ok, equals=1, timeout=5)
     assert helpers.wait_for(
         lambda: faults.job_info(libvirt_conn, subject.domain).get("bandwidth") == 4 * MIB, 5
     )

@@ -17,7 +17,8 @@ import faults
 import helpers
 import libvirt
 import pytest
-from faults import Daemon, Subject
+from exporter_process import ExporterProcess, policy_for_domains
+from faults import Subject
 from helpers import MIB
 
 
@@ -33,12 +34,13 @@ class Scene:
     folder: Path
     workdir: Path
     names: list[str] = field(default_factory=list)
-    daemons: list[Daemon] = field(default_factory=list)
+    daemons: list[ExporterProcess] = field(default_factory=list)
 
-    def daemon(self, domain: str, bandwidth: str, *args: str) -> Daemon:
-        policy = self.workdir / "policy.yaml"
-        policy.write_text(faults.policy_yaml([domain], bandwidth=bandwidth))
-        made = Daemon(policy, self.workdir / "state", self.workdir, args)
+    def daemon(self, domain: str, bandwidth: str, *args: str) -> ExporterProcess:
+        made = ExporterProcess(self.workdir, helpers.URI, args, "info")
+        made.policy.write_text(
+            policy_for_domains([domain], bandwidth, max_concurrent=64, rule="faults")
+        )
         self.daemons.append(made)
         return made
 
@@ -87,16 +89,18 @@ def test_libvirtd_restart_mid_pull_reconnects_and_counts_the_completion_by_its_e
     cpu_before = daemon.cpu_seconds()
 
     faults.stop_libvirtd()
-    daemon.wait_value("blockpull_libvirt_up", 0, 10)
+    daemon.wait_value("blockpull_libvirt_up", equals=0, timeout=10)
     faults.start_libvirtd()
-    daemon.wait_value("blockpull_libvirt_up", 1, 20)
+    daemon.wait_value("blockpull_libvirt_up", equals=1, timeout=20)
     assert daemon.cpu_seconds() - cpu_before < 1.0, "resync should cost little"
 
     conn = faults.open_conn()
     faults.wait_cursor_above(conn, subject.domain, faults.cursor(conn, subject.domain))
     faults.assert_counts(daemon, subject, started=1)
     faults.wait_no_job(conn, subject.domain, 40)
-    took = daemon.wait_value("blockpull_jobs_completed_total", 1, 10, **subject.labels())
+    took = daemon.wait_value(
+        "blockpull_jobs_completed_total", equals=1, timeout=10, **subject.labels()
+    )
     assert took < 3, f"completion counted {took:.1f} s after the job ended: events lost?"
     faults.assert_counts(daemon, subject, started=1, completed=1)
     faults.stop_domain(conn, subject.domain)
@@ -113,7 +117,7 @@ def test_libvirtd_down_for_half_a_minute_costs_no_busy_loop_and_is_shown(
     faults.wait_cursor_above(conn, subject.domain, 0)
 
     faults.stop_libvirtd()
-    daemon.wait_value("blockpull_libvirt_up", 0, 10)
+    daemon.wait_value("blockpull_libvirt_up", equals=0, timeout=10)
     cpu_before = daemon.cpu_seconds()
     began = time.monotonic()
     while time.monotonic() - began < 30:  # the pull ends in QEMU meanwhile, unannounced
@@ -125,11 +129,11 @@ def test_libvirtd_down_for_half_a_minute_costs_no_busy_loop_and_is_shown(
 
     assert cpu < 0.5, f"{cpu:.2f} CPU seconds in 30 s of downtime"
     assert 3 <= attempts <= 12, f"{attempts} reconnection attempts in 30 s: backoff?"
-    daemon.wait_value("blockpull_libvirt_up", 1, 40)  # within the 30 s backoff cap
+    daemon.wait_value("blockpull_libvirt_up", equals=1, timeout=40)  # within the 30 s backoff cap
     conn = faults.open_conn()
     assert faults.job_info(conn, subject.domain) == {}
     # Finished while libvirtd was down: no event ever comes; the re-read chain proves it.
-    daemon.wait_value("blockpull_jobs_completed_total", 1, 10, **subject.labels())
+    daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=10, **subject.labels())
     time.sleep(1)
     faults.assert_counts(daemon, subject, started=1, completed=1)
     faults.stop_domain(conn, subject.domain)

@@ -14,7 +14,8 @@ import helpers
 import libvirt
 import pytest
 from conftest import Domains
-from faults import Daemon, NbdServer, Subject
+from exporter_process import ExporterProcess, policy_for_domains
+from faults import NbdServer, Subject
 from helpers import MIB
 
 
@@ -29,15 +30,21 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _daemon(workdir: Path, subject_domain: str, **policy: object) -> Daemon:
-    path = workdir / "policy.yaml"
-    path.write_text(faults.policy_yaml([subject_domain], **policy))  # type: ignore[arg-type]
-    return Daemon(path, workdir / "state", workdir, ("--progress.interval", "0.5"))
+def _policy(domain: str, bandwidth: str, max_attempts: int = 5) -> str:
+    return policy_for_domains(
+        [domain], bandwidth, max_concurrent=64, max_attempts=max_attempts, rule="faults"
+    )
+
+
+def _daemon(workdir: Path, domain: str, bandwidth: str, max_attempts: int = 5) -> ExporterProcess:
+    made = ExporterProcess(workdir, helpers.URI, ("--progress.interval", "0.5"), "info")
+    made.policy.write_text(_policy(domain, bandwidth, max_attempts))
+    return made
 
 
 @pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    made: list[Daemon] = []
+def daemons() -> Iterator[list[ExporterProcess]]:
+    made: list[ExporterProcess] = []
     yield made
     for daemon in made:
         daemon.stop()
@@ -45,7 +52,7 @@ def daemons() -> Iterator[list[Daemon]]:
         assert not daemon.tracebacks(), daemon.log()
 
 
-def _gave_up(daemon: Daemon) -> float | None:
+def _gave_up(daemon: ExporterProcess) -> float | None:
     return daemon.value("blockpull_disks", rule="faults", state="gave_up")
 
 
@@ -57,18 +64,18 @@ def _pull_until_stopped(
     domains: Domains,
     folder: Path,
     workdir: Path,
-    daemons: list[Daemon],
+    daemons: list[ExporterProcess],
     stop: list[str],
-) -> tuple[Daemon, Subject]:
+) -> tuple[ExporterProcess, Subject]:
     subject = faults.make_subject(conn, domains.names, folder)
-    daemon = _daemon(workdir, subject.domain, bandwidth="1MiB/s")
+    daemon = _daemon(workdir, subject.domain, "1MiB/s")
     daemons.append(daemon)
     daemon.start()
     faults.wait_cursor_above(conn, subject.domain, 0)
     subprocess.run(["virsh", "-c", helpers.URI, *stop, subject.domain], check=True, timeout=30)
     assert helpers.wait_for(lambda: not conn.lookupByName(subject.domain).isActive(), 30)
     stopped = {"reason": "domain_stopped", **subject.labels()}
-    daemon.wait_value("blockpull_jobs_aborted_total", 1, 10, **stopped)
+    daemon.wait_value("blockpull_jobs_aborted_total", equals=1, timeout=10, **stopped)
     time.sleep(1)  # more reconciles: nothing else is counted, nothing restarted
     faults.assert_counts(daemon, subject, started=1, aborted=1)
     assert daemon.value("blockpull_disks", rule="faults", state="not_running") == 1
@@ -82,7 +89,7 @@ def test_destroyed_domain_mid_pull_is_aborted_domain_stopped(
     domains: Domains,
     image_folder: Path,
     workdir: Path,
-    daemons: list[Daemon],
+    daemons: list[ExporterProcess],
 ) -> None:
     _pull_until_stopped(libvirt_conn, domains, image_folder, workdir, daemons, ["destroy"])
 
@@ -92,7 +99,7 @@ def test_domain_shut_down_by_qemu_mid_pull_is_aborted_domain_stopped(
     domains: Domains,
     image_folder: Path,
     workdir: Path,
-    daemons: list[Daemon],
+    daemons: list[ExporterProcess],
 ) -> None:
     # A guest without an OS ignores ACPI; QMP `quit` makes QEMU exit by itself, the way a
     # guest power-off does (libvirt reports "shutdown"), unlike `destroy`, which kills it.
@@ -120,28 +127,24 @@ def test_dead_backing_store_fails_retries_gives_up_and_recovers_after_a_reload(
     domains: Domains,
     image_folder: Path,
     workdir: Path,
-    daemons: list[Daemon],
+    daemons: list[ExporterProcess],
     nbd: NbdServer,
 ) -> None:
-    top = image_folder / "top.qcow2"
-    helpers.run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", nbd.url, top)
-    top.chmod(0o644)
-    original = helpers.flatten(top, image_folder / "original.raw")
-    name = helpers.unique_name("nbd")
-    domains.names.append(name)
-    helpers.start_domain(libvirt_conn, name, [helpers.DiskSpec("vda", top)])
-    subject = Subject(name, helpers.Chain((top,)), original)
-    daemon = _daemon(workdir, name, bandwidth="1MiB/s", max_attempts=2, backoff="2s")
+    top = helpers.create_nbd_overlay(image_folder, nbd.url, "top")
+    chain = helpers.Chain((top,))
+    subject = faults.start_subject(libvirt_conn, domains.names, image_folder, chain, "nbd")
+    name = subject.domain
+    daemon = _daemon(workdir, name, "1MiB/s", max_attempts=2)
     daemons.append(daemon)
     daemon.start()
     faults.wait_cursor_above(libvirt_conn, name, MIB)
 
     nbd.kill()
-    daemon.wait_value("blockpull_jobs_failed_total", 1, 15, **subject.labels())
+    daemon.wait_value("blockpull_jobs_failed_total", equals=1, timeout=15, **subject.labels())
     assert daemon.value("blockpull_disk_consecutive_failures", **subject.labels()) == 1
     # Retried after the 2 s backoff, fails again, and is given up after max_attempts (2).
-    daemon.wait_value("blockpull_jobs_failed_total", 2, 20, **subject.labels())
-    daemon.wait_value("blockpull_disks", 1, 5, rule="faults", state="gave_up")
+    daemon.wait_value("blockpull_jobs_failed_total", equals=2, timeout=20, **subject.labels())
+    daemon.wait_value("blockpull_disks", equals=1, timeout=5, rule="faults", state="gave_up")
     time.sleep(3)  # given up means given up: no third attempt
     faults.assert_counts(daemon, subject, started=2, failed=2)
     assert faults.job_info(libvirt_conn, name) == {}
@@ -152,10 +155,10 @@ def test_dead_backing_store_fails_retries_gives_up_and_recovers_after_a_reload(
     nbd.start()
     faults.write_atomically(
         daemon.policy,
-        faults.policy_yaml([name], bandwidth="16MiB/s", max_attempts=4, backoff="2s"),
+        _policy(name, "16MiB/s", max_attempts=4),
     )
     daemon.signal(signal.SIGHUP)
-    daemon.wait_value("blockpull_jobs_completed_total", 1, 40, **subject.labels())
+    daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=40, **subject.labels())
     failed = faults.counters(daemon, subject)["failed"]
     assert 2 <= failed <= 5
     faults.assert_counts(daemon, subject, started=int(failed) + 1, failed=int(failed), completed=1)
@@ -173,23 +176,23 @@ def test_full_overlay_file_system_fails_the_pull_and_keeps_the_guest_data(
     domains: Domains,
     image_folder: Path,
     workdir: Path,
-    daemons: list[Daemon],
+    daemons: list[ExporterProcess],
 ) -> None:
     chain = helpers.create_chain(image_folder, name="full", fill_mib=32)
     with faults.tmpfs(image_folder / "small", "8M") as small:
         top = small / "top.qcow2"
         helpers.run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", chain.base, top)
         top.chmod(0o644)
-        original = helpers.flatten(top, image_folder / "original.raw")
-        name = helpers.unique_name("enospc")
-        domains.names.append(name)
-        helpers.start_domain(libvirt_conn, name, [helpers.DiskSpec("vda", top)])
-        subject = Subject(name, helpers.Chain((chain.base, top)), original)
-        daemon = _daemon(workdir, name, bandwidth="64MiB/s", max_attempts=2, backoff="2s")
+        overlaid = helpers.Chain((chain.base, top))
+        subject = faults.start_subject(
+            libvirt_conn, domains.names, image_folder, overlaid, "enospc"
+        )
+        name = subject.domain
+        daemon = _daemon(workdir, name, "64MiB/s", max_attempts=2)
         daemons.append(daemon)
         daemon.start()
-        daemon.wait_value("blockpull_jobs_failed_total", 1, 20, **subject.labels())
-        daemon.wait_value("blockpull_disks", 1, 20, rule="faults", state="gave_up")
+        daemon.wait_value("blockpull_jobs_failed_total", equals=1, timeout=20, **subject.labels())
+        daemon.wait_value("blockpull_disks", equals=1, timeout=20, rule="faults", state="gave_up")
         faults.assert_counts(daemon, subject, started=2, failed=2)
         assert faults.job_info(libvirt_conn, name) == {}
         # The pull's write error fails the job; the guest is not paused on an I/O error.
