@@ -53,7 +53,10 @@ RACE_REASONS = frozenset(
         ErrorReason.CONNECTION,
     }
 )
-MAX_CONNECT_BACKOFF = 30.0
+# A refused connection costs nothing, and a libvirtd back from a restart should be seen within
+# seconds; the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
+MAX_CONNECT_BACKOFF = 5.0
+STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds
 MIN_TIMER_SECONDS = 0.01
 LOOK_AGAIN_SECONDS = 0.5
@@ -128,6 +131,8 @@ class Controller:
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
         self._connect_backoff = 0.0
+        self._down_since: float | None = None  # monotonic start of the current outage
+        self._down_warned = 0.0  # when the outage was last logged as a warning
         self._host_refused = False
         self._durations = HistogramAccumulator()
         self._last_success: float | None = None
@@ -243,6 +248,9 @@ class Controller:
             return
         self._libvirt_up = True
         self._connect_backoff = 0.0
+        if self._down_since is not None:
+            log.info("the host is reachable again after %.0f s", started - self._down_since)
+            self._down_since = None
         epoch = self._clock.time()
         self._settle(observation, epoch)
         policy = self._source.policy
@@ -265,7 +273,19 @@ class Controller:
         self.snapshot = self._build_snapshot()
 
     def _host_unreachable(self, error: HostError) -> None:
-        log.warning("cannot observe the host: %s", error)
+        now = self._clock.monotonic()
+        if self._down_since is None:
+            self._down_since = self._down_warned = now
+            log.warning(
+                "cannot observe the host: %s (trying again every %.0f s at most)",
+                error,
+                MAX_CONNECT_BACKOFF,
+            )
+        elif now - self._down_warned >= STILL_DOWN_WARNING_SECONDS:
+            self._down_warned = now
+            log.warning("cannot observe the host for %.0f s: %s", now - self._down_since, error)
+        else:
+            log.debug("cannot observe the host: %s", error)
         self._libvirt_up = False
         self._connect_backoff = min(max(1.0, self._connect_backoff * 2), MAX_CONNECT_BACKOFF)
         self._next_full = self._clock.monotonic() + self._connect_backoff

@@ -19,10 +19,11 @@ Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags); 0 = unlimited
 ms on a pull) and makes libvirt emit BLOCK_JOB_2 `canceled`.
 
 Connection: keepalive 5 s x 3 and a close callback. When the connection drops, the sink gets
-ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call after the
-backoff delay (0 for the first attempt, then doubling up to `max_backoff`) reconnects, registers
-the event callbacks again and emits ConnectionEvent(up=True) so the controller resyncs.
-Nothing retries on its own: no thread sleeps or loops on reconnection.
+ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call after the backoff
+delay (0 for the first attempt, then doubling up to `max_backoff`, kept below the controller's
+own cap so that the controller's attempts are never refused here) reconnects, registers the
+event callbacks again and emits ConnectionEvent(up=True) so the controller resyncs. Nothing
+retries on its own: no thread sleeps or loops on reconnection.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class LibvirtHost:
         clock: Callable[[], float] = time.monotonic,
         keepalive: tuple[int, int] = (5, 3),
         min_backoff: float = 0.5,
-        max_backoff: float = 30.0,
+        max_backoff: float = 2.0,
         loop: EventLoop | None = None,
         job_sweep_interval: float = 300.0,
     ) -> None:

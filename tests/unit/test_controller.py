@@ -3,11 +3,20 @@ restarts and faults. Time is the simulated host's own, so hours pass in millisec
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import pytest
 
-from exporter.controller import Controller, ControllerOptions, Reload, Shutdown
+from exporter.controller import (
+    MAX_CONNECT_BACKOFF,
+    STILL_DOWN_WARNING_SECONDS,
+    Controller,
+    ControllerOptions,
+    Reload,
+    Shutdown,
+)
 from exporter.decisions import AbortReason, DiskState
 from exporter.model import DiskKey, JobType
 from exporter.policy_source import PolicySource
@@ -264,10 +273,36 @@ def test_a_dropped_connection_marks_libvirt_down_without_a_busy_loop(tmp_path):
     host.reset_calls()
     run_for(controller, host, 600)
     assert not controller.snapshot.libvirt_up
-    assert host.calls()["observe"] <= 25  # capped backoff: about one try per 30 s
+    assert host.calls()["observe"] <= 600 / MAX_CONNECT_BACKOFF + 5  # capped backoff
+
+
+def test_a_host_back_from_an_outage_is_seen_within_the_backoff_cap(tmp_path):
+    host = web_host(size=1000 * MiB)
+    controller = make_controller(host, write_policy(tmp_path / "p.yaml"))
+    run_for(controller, host, 2)
+    host.drop_connection()
+    run_for(controller, host, 600)
     host.restore_connection()
-    run_for(controller, host, 5)
+    run_for(controller, host, MAX_CONNECT_BACKOFF)
     assert controller.snapshot.libvirt_up
+
+
+def test_an_outage_is_one_warning_a_reminder_every_five_minutes_and_a_recovery(tmp_path, caplog):
+    host = web_host(size=1000 * MiB)
+    controller = make_controller(host, write_policy(tmp_path / "p.yaml"))
+    run_for(controller, host, 2)
+    host.drop_connection()
+    with caplog.at_level(logging.DEBUG, logger="exporter.controller"):
+        run_for(controller, host, 2 * STILL_DOWN_WARNING_SECONDS + 10)
+        host.restore_connection()
+        run_for(controller, host, MAX_CONNECT_BACKOFF)
+    about_the_host = [r for r in caplog.records if "the host" in r.getMessage()]
+    assert [r.levelno for r in about_the_host if r.levelno > logging.DEBUG] == [
+        logging.WARNING, logging.WARNING, logging.WARNING, logging.INFO,
+    ]  # fmt: skip
+    assert sum(r.levelno == logging.DEBUG for r in about_the_host) > 100  # every other try
+    outage = float(re.findall(r"reachable again after (\d+) s", about_the_host[-1].getMessage())[0])
+    assert 2 * STILL_DOWN_WARNING_SECONDS + 10 <= outage <= 2 * STILL_DOWN_WARNING_SECONDS + 17
 
 
 def test_shutdown_leaves_running_pulls_alone_by_default(tmp_path):
