@@ -20,22 +20,19 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
 import common
-from common import RecordingHost, table
+from common import RecordingHost, Running, table
+from helpers import wait_for
 
 from exporter.clock import SystemClock
-from exporter.controller import Controller, Shutdown
 from exporter.libvirt_host import LibvirtHost
-from exporter.model import DiskKey, JobEvent, JobOutcome
-from exporter.policy_source import PolicySource
+from exporter.model import DiskKey
 
 MiB = common.MiB
 SAMPLE = 0.5
@@ -43,15 +40,6 @@ SAMPLE = 0.5
 # rate-limited pulls ran in one domain; other engineers' domains crash alike. One disk per
 # domain keeps the benchmark about rates, not about that crash.
 ONE_JOB_PER_QEMU = True
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def make_disks(lab: common.Lab, label: str, domains: int, per: int, mib: int) -> list[DiskKey]:
@@ -71,42 +59,6 @@ def policy(lab: common.Lab, label: str, budget_mib: int, slots: int) -> Path:
         f'rules:\n  - name: bench\n    domains: ["{lab.prefix}{label}*"]\n'
     )
     return common.write_policy(lab.folder, text, f"{label}.yaml")
-
-
-class Daemon:
-    """A controller on its own loop over a recording LibvirtHost."""
-
-    def __init__(self, path: Path) -> None:
-        self.host = RecordingHost(LibvirtHost(common.URI))
-        self.controller = Controller(self.host, PolicySource(path), SystemClock())
-        self.thread = threading.Thread(target=self.controller.run, daemon=True)
-
-    def __enter__(self) -> Daemon:
-        self.thread.start()
-        self.watch = common.ForeignWatch(lambda: self.controller.snapshot)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.controller.inbox.put(Shutdown())
-        self.thread.join(timeout=30)
-        self.watch.stop()
-
-    def foreign_note(self) -> str:
-        """Other engineers' jobs take slots and bandwidth of the host budget, by design."""
-        seen = sorted(self.watch.ever())
-        if not seen:
-            return "No foreign block job ran on the host meanwhile.\n"
-        jobs = ", ".join(f"{k} (limit {b} B/s)" for k, b in seen)
-        return f"Foreign block jobs (other engineers' tests) seen meanwhile: {jobs}.\n"
-
-    def completed(self, keys: list[DiskKey]) -> list[common.Call]:
-        return [
-            c
-            for c in self.host.of("event")
-            if isinstance(c.detail, JobEvent)
-            and c.detail.outcome is JobOutcome.COMPLETED
-            and c.key in keys
-        ]
 
 
 # -- 1. aggregate rate ----------------------------------------------------------------------
@@ -131,7 +83,9 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
         )
         return all(not i for i in infos) and len(samples) > 4
 
-    with Daemon(policy(lab, "a", budget_mib, 3)) as daemon:
+    with Running(
+        RecordingHost(LibvirtHost(common.URI)), policy(lab, "a", budget_mib, 3), SystemClock()
+    ) as daemon:
         if not wait_for(lambda: len(daemon.host.of("start_pull")) >= 3, 30):
             raise RuntimeError("the three pulls did not start")
         wait_for(sample, 20 + 3 * mib / budget_mib, interval=SAMPLE)
@@ -170,13 +124,15 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
 
 def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
     keys = make_disks(lab, "b", disks, 1, mib)
-    with Daemon(policy(lab, "b", budget_mib, 2)) as daemon:
+    with Running(
+        RecordingHost(LibvirtHost(common.URI)), policy(lab, "b", budget_mib, 2), SystemClock()
+    ) as daemon:
         if not wait_for(
-            lambda: len(daemon.completed(keys)) >= len(keys), 60 + 3 * disks * mib / budget_mib
+            lambda: len(daemon.host.completed(keys)) >= len(keys), 60 + 3 * disks * mib / budget_mib
         ):
-            raise RuntimeError(f"only {len(daemon.completed(keys))} of {len(keys)} pulls done")
+            raise RuntimeError(f"only {len(daemon.host.completed(keys))} of {len(keys)} pulls done")
         first = min(c.at for c in daemon.host.of("start_pull") if c.key in keys)
-        last = max(c.at for c in daemon.completed(keys))
+        last = max(c.at for c in daemon.host.completed(keys))
         note = daemon.foreign_note()
         capacity = usable_budget(daemon.watch.seen, first, last, budget_mib * MiB, 2)
     ours = last - first

@@ -12,6 +12,7 @@ import platform
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -28,8 +29,15 @@ for _path in (ROOT, ROOT / "tests" / "integration"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from exporter.clock import OffsetClock  # noqa: E402, F401 (re-exported for bench scripts)
-from exporter.model import BlockJob, DiskKey, HostEvent, Observation  # noqa: E402
+from exporter.clock import Clock, OffsetClock  # noqa: E402, F401 (OffsetClock: for scripts)
+from exporter.model import (  # noqa: E402
+    BlockJob,
+    DiskKey,
+    HostEvent,
+    JobEvent,
+    JobOutcome,
+    Observation,
+)
 
 URI = "qemu:///system"
 IMAGES = Path("/var/lib/libvirt/images")
@@ -237,6 +245,17 @@ class RecordingHost:
     def close(self) -> None:
         self.inner.close()
 
+    def completed(self, keys: Iterable[DiskKey]) -> list[Call]:
+        """The COMPLETED events delivered for these disks."""
+        wanted = set(keys)
+        return [
+            c
+            for c in self.of("event")
+            if isinstance(c.detail, JobEvent)
+            and c.detail.outcome is JobOutcome.COMPLETED
+            and c.key in wanted
+        ]
+
     def of(self, kind: str) -> list[Call]:
         with self.lock:
             return [c for c in self.calls if c.kind == kind]
@@ -274,6 +293,42 @@ class ForeignWatch:
 
     def ever(self) -> set[tuple[str, int]]:
         return {job for _, jobs in self.seen for job in jobs}
+
+
+class Running:
+    """A controller looping in a thread over `host` (a RecordingHost around a LibvirtHost),
+    with a ForeignWatch on its snapshots; `stop()`, or leaving the `with`, shuts it down."""
+
+    def __init__(self, host: RecordingHost, policy: Path, clock: Clock) -> None:
+        from exporter.controller import Controller
+        from exporter.policy_source import PolicySource
+
+        self.host = host
+        self.controller = Controller(host, PolicySource(policy), clock)
+        self.thread = threading.Thread(target=self.controller.run, daemon=True)
+        self.thread.start()
+        self.watch = ForeignWatch(lambda: self.controller.snapshot)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        from exporter.controller import Shutdown
+
+        self.controller.inbox.put(Shutdown())
+        self.thread.join(timeout=30)
+        self.watch.stop()
+
+    def foreign_note(self) -> str:
+        """Other engineers' jobs take slots and bandwidth of the host budget, by design."""
+        seen = sorted(self.watch.ever())
+        if not seen:
+            return "No foreign block job ran on the host meanwhile.\n"
+        jobs = ", ".join(f"{k} (limit {b} B/s)" for k, b in seen)
+        return f"Foreign block jobs (other engineers' tests) seen meanwhile: {jobs}.\n"
 
 
 # -- real libvirt: unique names, chains, domains, clean-up ------------------------------------
@@ -318,6 +373,22 @@ class Lab:
         helpers.start_domain(self.conn, name, specs, persistent=False)
         return name
 
+    def paused_domains(self, count: int, targets: Sequence[str]) -> float:
+        """`count` paused TCG domains, a qcow2 overlay per target over one shared, empty 16 MiB
+        base each (every disk on a backing chain, no job); returns the set-up seconds."""
+        assert self.folder is not None
+        base = self.folder / "base.qcow2"
+        _qemu_img("create", "-f", "qcow2", str(base), "16M")
+        started = time.perf_counter()
+        for i in range(count):
+            disks = []
+            for target in targets:
+                top = self.folder / f"{i:04d}-{target}.qcow2"
+                _qemu_img("create", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top))
+                disks.append((target, top))
+            self.start(f"{i:04d}", disks)
+        return time.perf_counter() - started
+
     def _remove(self, name: str) -> None:
         import libvirt
 
@@ -334,6 +405,10 @@ class Lab:
             self.conn.close()
         if self.folder is not None and self.folder.name.startswith("bpx-bench-"):
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _qemu_img(command: str, *args: str) -> None:
+    subprocess.run(["qemu-img", command, "-q", *args], check=True)
 
 
 @contextlib.contextmanager

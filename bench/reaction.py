@@ -29,21 +29,19 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from common import RecordingHost, percentile, table
+from common import RecordingHost, Running, percentile, table
+from helpers import wait_for
 
-from exporter.clock import Clock, SystemClock
-from exporter.controller import Controller, Reload, Shutdown
+from exporter.clock import SystemClock
+from exporter.controller import Reload
 from exporter.libvirt_host import LibvirtHost
-from exporter.model import DiskKey, JobEvent, JobOutcome
-from exporter.policy_source import PolicySource
+from exporter.model import DiskKey
 
 MiB = common.MiB
 POLL = 5.0  # the naive baseline's interval
@@ -99,31 +97,6 @@ LOG = LogRecorder()
 SLOW: list[tuple[str, list[str]]] = []  # reactions over target, with the daemon's log
 
 
-class Running:
-    """A controller looping in a thread; `stop()` shuts it down and closes the host."""
-
-    def __init__(self, host: RecordingHost, policy: Path, clock: Clock) -> None:
-        self.host = host
-        self.controller = Controller(host, PolicySource(policy), clock)
-        self.thread = threading.Thread(target=self.controller.run, daemon=True)
-        self.thread.start()
-        self.watch = common.ForeignWatch(lambda: self.controller.snapshot)
-
-    def stop(self) -> None:
-        self.controller.inbox.put(Shutdown())
-        self.thread.join(timeout=30)
-        self.watch.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def rule(prefix: str, extra: str = "") -> str:
     return f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n{extra}'
 
@@ -151,14 +124,14 @@ def completions(lab: common.Lab, disks: int) -> Sample:
     running = Running(host, policy, SystemClock())
     try:
         mine = set(keys)
-        done = wait_for(lambda: len(_completed(host, mine)) >= len(keys), 120)
+        done = wait_for(lambda: len(host.completed(mine)) >= len(keys), 120)
     finally:
         running.stop()
     if not done:
-        raise RuntimeError(f"only {len(_completed(host, mine))} of {len(keys)} pulls completed")
+        raise RuntimeError(f"only {len(host.completed(mine))} of {len(keys)} pulls completed")
     starts = [c for c in host.of("start_pull") if c.key in mine]
     delays, disturbed = [], []
-    for event in _completed(host, mine):
+    for event in host.completed(mine):
         after = [s.at for s in starts if s.at >= event.at and s.key != event.key]
         if after:
             delays.append(min(after) - event.at)
@@ -169,16 +142,6 @@ def completions(lab: common.Lab, disks: int) -> Sample:
                 lines += [f"foreign job meanwhile: {k} limit {b} B/s" for k, b in sorted(foreign)]
                 SLOW.append((f"completion of {event.key}", lines))
     return Sample("completed event -> next start_pull", delays, 0.5, disturbed)
-
-
-def _completed(host: RecordingHost, mine: set[DiskKey]) -> list[common.Call]:
-    return [
-        c
-        for c in host.of("event")
-        if isinstance(c.detail, JobEvent)
-        and c.detail.outcome is JobOutcome.COMPLETED
-        and c.key in mine
-    ]
 
 
 # -- 2 + 3. window boundary, reloads ---------------------------------------------------------

@@ -6,7 +6,7 @@ Simulated part: a SimulatedHost (4 disks per domain, every disk on a backing cha
 `CostModelHost`, which makes the calls LibvirtHost would make (one XML read per domain,
 blockJobInfo for disks with a known job and for the due part of the job sweep; each measured
 round is one resync, 30 s, later) and sleeps the latency each one took on real libvirt 9.0
-(bench/OBSERVE_COSTS.md). Daemon CPU is the controller thread's CPU time
+(bench/RESULTS.md, observe costs). Daemon CPU is the controller thread's CPU time
 (`time.thread_time`), so the sleeps are not counted; wall includes them.
 Baseline in the same run: a naive loop that, every cycle, reads every domain's XML, polls
 blockJobInfo for every disk and reads per-disk stats (getAllDomainStats(BLOCK, BACKING),
@@ -58,7 +58,7 @@ from exporter.policy_source import PolicySource
 from exporter.simhost import LIBVIRT_9_LATENCY, GiB, Latency, SimDisk, SimulatedHost
 
 DISKS_PER_DOMAIN = 4
-STATS_PER_DOMAIN = 0.003  # getAllDomainStats(BLOCK, BACKING), OBSERVE_COSTS.md: 2.98 ms/domain
+STATS_PER_DOMAIN = 0.003  # getAllDomainStats(BLOCK, BACKING): 2.98 ms/domain, RESULTS.md
 TEMPLATE = "/templates/os-base.qcow2"
 POLICY = """\
 version: 1
@@ -374,21 +374,7 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
 def real_lab(domains: int) -> Iterator[tuple[str, float]]:
     """`domains` paused TCG domains with 4 disks each over one template; (prefix, set-up s)."""
     with common.lab() as lab:
-        assert lab.folder is not None
-        base = lab.folder / "base.qcow2"
-        common_run("qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M")
-        started = time.perf_counter()
-        for i in range(domains):
-            disks = []
-            for target in REAL_TARGETS:
-                top = lab.folder / f"{i:04d}-{target}.qcow2"
-                common_run(
-                    "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base),
-                    str(top),
-                )  # fmt: skip
-                disks.append((target, top))
-            lab.start(f"{i:04d}", disks)
-        yield lab.prefix, time.perf_counter() - started
+        yield lab.prefix, lab.paused_domains(domains, REAL_TARGETS)
 
 
 def closed_window_policy(prefix: str) -> str:
@@ -523,10 +509,6 @@ def real_daemon(prefix: str, seconds: float) -> str:
         f"MiB; target < 80 MB); a scrape of its {len(body)}-byte /metrics took "
         f"{statistics.median(scrapes) * 1000:.1f} ms (median of 5, wall).\n"
     )
-
-
-def common_run(*command: str) -> None:
-    subprocess.run(command, check=True)
 
 
 # -- main -----------------------------------------------------------------------------------
