@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -70,6 +71,7 @@ rules:
   - name: bench
     domains: ["bench-*"]
 """
+SETTLE_LOAD, SETTLE_LIMIT = 0.5, 300.0  # 1-min load average, seconds
 RESYNC = 30.0  # the daemon's default full reconcile interval: each round is one resync later
 OPTIONS = ControllerOptions(resync_interval=1e9, progress_interval=2.0, file_check_interval=1e9)
 
@@ -374,7 +376,17 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
 def real_lab(domains: int) -> Iterator[tuple[str, float]]:
     """`domains` paused TCG domains with 4 disks each over one template; (prefix, set-up s)."""
     with common.lab() as lab:
-        yield lab.prefix, lab.paused_domains(domains, REAL_TARGETS)
+        setup = lab.paused_domains(domains, REAL_TARGETS)
+        settle(SETTLE_LOAD, SETTLE_LIMIT)
+        yield lab.prefix, setup
+
+
+def settle(load: float, limit: float) -> None:
+    """After starting many QEMUs the host stays busy for a while (libvirtd, the new processes):
+    measured then, CPU figures ran ~30% higher. Wait for a quiet minute, within a limit."""
+    deadline = time.monotonic() + limit
+    while os.getloadavg()[0] > load and time.monotonic() < deadline:
+        time.sleep(5)
 
 
 def closed_window_policy(prefix: str) -> str:
@@ -401,6 +413,7 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     from exporter.libvirt_host import LibvirtHost
     from exporter.libvirt_xml import parse_disks
 
+    load = common.load_average()
     libvirt.registerErrorHandler(lambda *_: None, None)
     conn = libvirt.open(common.URI)
     mine = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
@@ -457,7 +470,8 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
         f"observe() listed {total} domains ({disks} disks; any other domain on the host "
         f"included), every disk on a backing chain, none with a job. The policy selects all of "
         f"the benchmark's domains in a window closed today, so a reconcile plans every disk "
-        f"and starts nothing. Median of {rounds} rounds, each one resync ({RESYNC:.0f} s) "
+        f"and starts nothing. Load average when measuring began: {load}. "
+        f"Median of {rounds} rounds, each one resync ({RESYNC:.0f} s) "
         f"later on the host's job-sweep clock; CPU is this process's (the libvirt event-loop "
         f"thread included).\n\n"
         + table(["what", "CPU ms", "wall ms"], rows)

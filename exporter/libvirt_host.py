@@ -1,6 +1,6 @@
 """The real host: libvirt-python against a libvirtd (usually qemu:///system).
 
-How observe() reads the host, chosen from bench/OBSERVE_COSTS.md (libvirt 9.0, 50 paused TCG
+How observe() reads the host, chosen from bench/RESULTS.md (observe costs; libvirt 9.0, 50 TCG
 domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its state in one call
 (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per domain
 (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient and
