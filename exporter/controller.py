@@ -288,7 +288,7 @@ class Controller:
             log.debug("cannot observe the host: %s", error)
         self._libvirt_up = False
         self._connect_backoff = min(max(1.0, self._connect_backoff * 2), MAX_CONNECT_BACKOFF)
-        self._next_full = self._clock.monotonic() + self._connect_backoff
+        self._next_full = now + self._connect_backoff
         self.snapshot = self._build_snapshot()
 
     def _schedule_after_reconcile(self, current: Plan, now: float, acted: bool) -> None:

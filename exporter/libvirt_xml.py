@@ -52,7 +52,7 @@ def normalise_target(name: str) -> str:
 
 def parse_disks(xml: str) -> tuple[DiskXml, ...]:
     disks: list[DiskXml] = []
-    for element in _disk_elements(xml):
+    for element in ET.fromstring(xml).findall("./devices/disk"):
         target = element.find("target")
         dev = target.get("dev") if target is not None else None
         if not dev:
@@ -66,29 +66,6 @@ def parse_disks(xml: str) -> tuple[DiskXml, ...]:
         )
         disks.append(DiskXml(disk, mirror=element.find("mirror") is not None))
     return tuple(disks)
-
-
-def _disk_elements(xml: str) -> list[ET.Element]:
-    """The <disk> elements of <devices>, parsing as little of the document as is safe.
-
-    Reading a domain's XML is most of a full reconcile's CPU on a big host, and the disks are a
-    small part of it: libvirt writes them first in <devices>, and no element nests a <disk>, so
-    the slice from <devices> to the last </disk> is a document of its own (half the parse time
-    of a 4-disk TCG domain, less of a real one: bench/RESULTS.md). Anything the slice cannot
-    stand for (a namespace declared on <domain>, a <disk> elsewhere, no disk at all) parses
-    the whole document instead.
-    """
-    start, end = xml.rfind("<devices>"), xml.rfind("</disk>")
-    if 0 <= start < end:
-        try:
-            devices = ET.fromstring(xml[start : end + len("</disk>")] + "</devices>")
-        except ET.ParseError:
-            pass
-        else:
-            found = devices.findall("disk")
-            if len(found) == xml.count("<disk "):
-                return found
-    return ET.fromstring(xml).findall("./devices/disk")
 
 
 def _chain(disk: ET.Element) -> tuple[str, ...]:
