@@ -12,7 +12,6 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -376,15 +375,17 @@ class Lab:
     def paused_domains(self, count: int, targets: Sequence[str]) -> float:
         """`count` paused TCG domains, a qcow2 overlay per target over one shared, empty 16 MiB
         base each (every disk on a backing chain, no job); returns the set-up seconds."""
+        from helpers import run
+
         assert self.folder is not None
         base = self.folder / "base.qcow2"
-        _qemu_img("create", "-f", "qcow2", str(base), "16M")
+        run("qemu-img", "create", "-q", "-f", "qcow2", base, "16M")
         started = time.perf_counter()
         for i in range(count):
             disks = []
             for target in targets:
                 top = self.folder / f"{i:04d}-{target}.qcow2"
-                _qemu_img("create", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(top))
+                run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top)
                 disks.append((target, top))
             self.start(f"{i:04d}", disks)
         return time.perf_counter() - started
@@ -405,10 +406,6 @@ class Lab:
             self.conn.close()
         if self.folder is not None and self.folder.name.startswith("bpx-bench-"):
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _qemu_img(command: str, *args: str) -> None:
-    subprocess.run(["qemu-img", command, "-q", *args], check=True)
 
 
 @contextlib.contextmanager
