@@ -39,7 +39,7 @@ class Scene:
     daemons: list[ExporterProcess] = field(default_factory=list)
 
     def daemon(self, domain: str, bandwidth: str, *args: str) -> ExporterProcess:
-        made = ExporterProcess(self.workdir, helpers.URI, args, "info")
+        made = ExporterProcess(self.workdir, helpers.URI, args)  # debug: every attempt logged
         made.policy.write_text(
             policy_for_domains([domain], bandwidth, max_concurrent=64, rule="faults")
         )
