@@ -6,12 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from freezegun import freeze_time
+
 from exporter.cli import main
 from exporter.model import BlockJob, DiskKey, JobType
 from exporter.status_command import eta, progress_bar
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "policies" / "example.yaml"
+# The example's windows are in Europe/Berlin: a Thursday 04:00 is inside `nights`,
+# a Thursday 07:00 inside none of them.
+NIGHTS_OPEN = "2026-11-26 03:00:00"
+ALL_CLOSED = "2026-11-26 06:00:00"
 
 
 def test_check_imports_neither_libvirt_nor_the_daemon():
@@ -24,6 +30,7 @@ def test_check_imports_neither_libvirt_nor_the_daemon():
     assert done.returncode == 0, done.stderr.decode()
 
 
+@freeze_time(NIGHTS_OPEN)
 def test_plan_on_the_simulated_host_explains_every_disk_and_acts_on_nothing(tmp_path, capsys):
     uri = f"sim://{tmp_path}/host.json"
     args = ["--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
@@ -34,6 +41,7 @@ def test_plan_on_the_simulated_host_explains_every_disk_and_acts_on_nothing(tmp_
     assert "db-1    vda   databases  ignored" in first
 
 
+@freeze_time(NIGHTS_OPEN)
 def test_status_on_the_simulated_host_shows_the_backlog(tmp_path, capsys):
     uri = f"sim://{tmp_path}/host.json"
     args = ["--libvirt.uri", uri, "--policy.file", str(EXAMPLE)]
@@ -41,6 +49,23 @@ def test_status_on_the_simulated_host_shows_the_backlog(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("0 block job(s) running")
     assert "backlog: 4 disk(s) to pull (4 pending)" in out
+
+
+@freeze_time(ALL_CLOSED)
+def test_status_outside_every_window_shows_the_backlog_waiting_for_one(tmp_path, capsys):
+    uri = f"sim://{tmp_path}/host.json"
+    assert main(["status", "--libvirt.uri", uri, "--policy.file", str(EXAMPLE)]) == 0
+    assert "backlog: 4 disk(s) to pull (4 waiting_window)" in capsys.readouterr().out
+
+
+@freeze_time(ALL_CLOSED)
+def test_plan_outside_every_window_would_start_nothing(tmp_path, capsys):
+    uri = f"sim://{tmp_path}/host.json"
+    args = ["--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
+    assert main(["plan", *args]) == 0
+    out = capsys.readouterr().out
+    assert "start pull of" not in out
+    assert "would do nothing" in out
 
 
 def test_plan_refuses_an_invalid_policy_with_exit_1(tmp_path, capsys):
