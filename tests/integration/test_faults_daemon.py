@@ -52,6 +52,21 @@ def _set_policy(daemon: ExporterProcess, subject: Subject, bandwidth: str) -> No
     daemon.policy.write_text(_policy(subject, bandwidth))
 
 
+def _start_pulling(
+    libvirt_conn: libvirt.virConnect,
+    subject: Subject,
+    daemon: ExporterProcess,
+    bandwidth: str,
+    copied_above: int = 0,
+) -> int:
+    """Start the daemon on the subject's policy and return once its pull has copied more than
+    `copied_above` bytes; returns the cursor then."""
+    _set_policy(daemon, subject, bandwidth)
+    daemon.start()
+    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
+    return faults.wait_cursor_above(libvirt_conn, subject.domain, copied_above)
+
+
 def _tracked(daemon: ExporterProcess) -> list[dict[str, object]]:
     state = json.loads((daemon.state_dir / "state.json").read_text())
     return list(state["tracked"])
@@ -60,10 +75,8 @@ def _tracked(daemon: ExporterProcess) -> list[dict[str, object]]:
 def test_sigkilled_daemon_adopts_the_running_pull_on_restart(
     libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    _set_policy(daemon, subject, "2MiB/s")  # 32 MiB: ~16 s
-    daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
-    before_kill = faults.wait_cursor_above(libvirt_conn, subject.domain, 2 * MIB)
+    # 32 MiB: ~16 s
+    before_kill = _start_pulling(libvirt_conn, subject, daemon, "2MiB/s", 2 * MIB)
     daemon.kill()
 
     daemon.start()
@@ -86,10 +99,7 @@ def test_sigkilled_daemon_adopts_the_running_pull_on_restart(
 def test_pull_finished_while_the_daemon_was_down_is_counted_once(
     libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    _set_policy(daemon, subject, "8MiB/s")  # 32 MiB: ~4 s
-    daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
-    faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
+    _start_pulling(libvirt_conn, subject, daemon, "8MiB/s")  # 32 MiB: ~4 s
     daemon.kill()
     faults.wait_no_job(libvirt_conn, subject.domain, 30)
     assert faults.chain_length(libvirt_conn, subject.domain) == 0
@@ -111,10 +121,7 @@ def test_pull_finished_while_the_daemon_was_down_is_counted_once(
 def test_sigterm_exits_promptly_and_leaves_the_pull_running(
     libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    _set_policy(daemon, subject, "1MiB/s")
-    daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
-    at_term = faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
+    at_term = _start_pulling(libvirt_conn, subject, daemon, "1MiB/s")
     code, took = daemon.terminate()
     assert code == 0, daemon.log()
     assert took < 5, took
@@ -134,11 +141,8 @@ def test_sigterm_exits_promptly_and_leaves_the_pull_running(
 def test_sigterm_with_abort_pulls_aborts_the_pull_first(
     libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    _set_policy(daemon, subject, "1MiB/s")
     daemon.extra_args = (*daemon.extra_args, "--shutdown.abort-pulls")
-    daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
-    faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
+    _start_pulling(libvirt_conn, subject, daemon, "1MiB/s")
     code, took = daemon.terminate()
     assert code == 0, daemon.log()
     assert took < 5, took
@@ -179,11 +183,8 @@ BROKEN_POLICIES = {
 def test_broken_policy_files_keep_the_last_good_policy(
     libvirt_conn: libvirt.virConnect, subject: Subject, daemon: ExporterProcess
 ) -> None:
-    good = _policy(subject, "1MiB/s")
-    daemon.policy.write_text(good)
-    daemon.start()
-    daemon.wait_value("blockpull_jobs_started_total", equals=1, timeout=10, **subject.labels())
-    faults.wait_cursor_above(libvirt_conn, subject.domain, 0)
+    _start_pulling(libvirt_conn, subject, daemon, "1MiB/s")
+    good = daemon.policy.read_text()
     reload_ok = "blockpull_policy_last_reload_successful"
     for kind, text in BROKEN_POLICIES.items():
         if kind == "deleted":
