@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import helpers
 import libvirt
-import pytest
 
 from exporter.clock import Clock, SystemClock
 from exporter.controller import Controller, ControllerOptions, Shutdown
@@ -233,22 +232,6 @@ def running_daemon(
             raise AssertionError("the controller did not stop within 15 s of Shutdown")
     if daemon.errors:
         raise AssertionError("the controller loop crashed") from daemon.errors[0]
-
-
-def fresh_connection() -> Iterator[libvirt.virConnect]:
-    """A connection per test (for a `libvirt_conn` fixture override): a suite that restarts
-    libvirtd between two tests, under the exclusive lock, kills a session-wide connection."""
-    reason = helpers.libvirt_unreachable_reason()
-    if reason is not None:
-        if helpers.in_ci():
-            pytest.fail(f"{reason} (CI is set: integration tests must run; see scripts/setup)")
-        pytest.skip(f"{reason}; run scripts/setup")
-    conn = libvirt.open(helpers.URI)
-    try:
-        yield conn
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
 
 
 def wait_until(

@@ -278,19 +278,3 @@ def assert_counts(
 def aborted_reason(daemon: ExporterProcess, subject: Subject, reason: str) -> int:
     value = daemon.value("blockpull_jobs_aborted_total", **subject.labels(), reason=reason)
     return int(value or 0)
-
-
-def fresh_conn() -> Iterator[libvirt.virConnect]:
-    """Body of a per-test `libvirt_conn` override: conftest's is session-wide and dies when a
-    libvirtd test (test_faults_libvirtd.py) restarts libvirtd earlier in the same session."""
-    import pytest
-
-    reason = helpers.libvirt_unreachable_reason()
-    if reason is not None:
-        if helpers.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
-    conn = libvirt.open(helpers.URI)
-    yield conn
-    with contextlib.suppress(libvirt.libvirtError):
-        conn.close()

@@ -255,6 +255,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def require_libvirt() -> None:
+    """Skip the calling test when libvirtd is unreachable, unless CI is set: there it fails."""
+    import pytest  # only tests call this; bench and scripts import helpers without pytest
+
+    reason = libvirt_unreachable_reason()
+    if reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: integration tests must run; see scripts/setup)")
+    pytest.skip(f"{reason}; run scripts/setup")
+
+
 def create_raw_base(
     folder: Path, name: str = "base", size_mib: int = 64, fill_mib: int = 32
 ) -> Path:

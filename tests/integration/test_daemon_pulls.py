@@ -9,7 +9,6 @@ connection), never from the daemon's own snapshot alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import helpers
@@ -19,7 +18,6 @@ from conftest import Domains
 from daemon import (
     Daemon,
     JobSampler,
-    fresh_connection,
     live_chain,
     policy,
     rule,
@@ -33,12 +31,6 @@ from exporter.decisions import AbortReason, DiskState
 from exporter.model import DiskKey, JobEvent, JobOutcome
 
 RATE_TOLERANCE = 0.15
-
-
-@pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """Per test, not per session: another suite may restart libvirtd between two tests."""
-    yield from fresh_connection()
 
 
 def _within(rate: float, target: float) -> bool:

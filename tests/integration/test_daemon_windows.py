@@ -6,7 +6,6 @@ and then wakes at the boundary by its own timer."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import pytest
 from conftest import Domains
 from daemon import (
     JobSampler,
-    fresh_connection,
     live_chain,
     policy,
     rule,
@@ -31,12 +29,6 @@ from exporter.decisions import AbortReason, DiskState
 WINDOW = '  ten: {days: daily, from: "10:00", to: "10:01"}\n'
 OPENS = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)  # a Tuesday; the window is daily anyway
 CLOSES = OPENS + timedelta(minutes=1)
-
-
-@pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """Per test, not per session: another suite may restart libvirtd between two tests."""
-    yield from fresh_connection()
 
 
 def _window_policy(name: str) -> str:

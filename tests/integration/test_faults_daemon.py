@@ -24,12 +24,6 @@ from helpers import MIB
 
 
 @pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """Per test, overriding the session-wide one (see faults.fresh_conn)."""
-    yield from faults.fresh_conn()
-
-
-@pytest.fixture
 def subject(libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path) -> Subject:
     return faults.make_subject(libvirt_conn, domains.names, image_folder)
 

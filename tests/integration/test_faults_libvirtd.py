@@ -49,11 +49,7 @@ class Scene:
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Iterator[Scene]:
-    reason = helpers.libvirt_unreachable_reason()
-    if reason is not None:
-        if helpers.in_ci():
-            pytest.fail(reason)
-        pytest.skip(reason)
+    helpers.require_libvirt()
     made = Scene(helpers.make_image_folder(), tmp_path)
     yield made
     for daemon in made.daemons:

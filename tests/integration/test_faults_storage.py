@@ -20,12 +20,6 @@ from helpers import MIB
 
 
 @pytest.fixture
-def libvirt_conn() -> Iterator[libvirt.virConnect]:
-    """Per test, overriding the session-wide one (see faults.fresh_conn)."""
-    yield from faults.fresh_conn()
-
-
-@pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
