@@ -20,6 +20,14 @@ NIGHTS_OPEN = "2026-11-26 03:00:00"
 ALL_CLOSED = "2026-11-26 06:00:00"
 
 
+def on_the_simulated_host(command: str, tmp_path: Path) -> int:
+    """`command` with the example policy against a simulated host in tmp_path."""
+    args = [command, "--policy.file", str(EXAMPLE), "--libvirt.uri", f"sim://{tmp_path}/host.json"]
+    if command == "plan":
+        args += ["--state.dir", str(tmp_path)]
+    return main(args)
+
+
 def test_check_imports_neither_libvirt_nor_the_daemon():
     code = (
         "import sys; from exporter.cli import main; rc = main(['check', sys.argv[1]]);"
@@ -32,20 +40,16 @@ def test_check_imports_neither_libvirt_nor_the_daemon():
 
 @freeze_time(NIGHTS_OPEN)
 def test_plan_on_the_simulated_host_explains_every_disk_and_acts_on_nothing(tmp_path, capsys):
-    uri = f"sim://{tmp_path}/host.json"
-    args = ["--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
-    assert main(["plan", *args]) == 0
+    assert on_the_simulated_host("plan", tmp_path) == 0
     first = capsys.readouterr().out
-    assert main(["plan", *args]) == 0
+    assert on_the_simulated_host("plan", tmp_path) == 0
     assert capsys.readouterr().out.count("start pull of") == first.count("start pull of") > 0
     assert "db-1    vda   databases  ignored" in first
 
 
 @freeze_time(NIGHTS_OPEN)
 def test_status_on_the_simulated_host_shows_the_backlog(tmp_path, capsys):
-    uri = f"sim://{tmp_path}/host.json"
-    args = ["--libvirt.uri", uri, "--policy.file", str(EXAMPLE)]
-    assert main(["status", *args]) == 0
+    assert on_the_simulated_host("status", tmp_path) == 0
     out = capsys.readouterr().out
     assert out.startswith("0 block job(s) running")
     assert "backlog: 4 disk(s) to pull (4 pending)" in out
@@ -53,16 +57,13 @@ def test_status_on_the_simulated_host_shows_the_backlog(tmp_path, capsys):
 
 @freeze_time(ALL_CLOSED)
 def test_status_outside_every_window_shows_the_backlog_waiting_for_one(tmp_path, capsys):
-    uri = f"sim://{tmp_path}/host.json"
-    assert main(["status", "--libvirt.uri", uri, "--policy.file", str(EXAMPLE)]) == 0
+    assert on_the_simulated_host("status", tmp_path) == 0
     assert "backlog: 4 disk(s) to pull (4 waiting_window)" in capsys.readouterr().out
 
 
 @freeze_time(ALL_CLOSED)
 def test_plan_outside_every_window_would_start_nothing(tmp_path, capsys):
-    uri = f"sim://{tmp_path}/host.json"
-    args = ["--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
-    assert main(["plan", *args]) == 0
+    assert on_the_simulated_host("plan", tmp_path) == 0
     out = capsys.readouterr().out
     assert "start pull of" not in out
     assert "would do nothing" in out
