@@ -124,24 +124,6 @@ def measure(
     return Cost(statistics.median(cpus), statistics.median(walls), rounds)
 
 
-def measure_pair(
-    first: Callable[[], object], second: Callable[[], object], rounds: int, process: bool = False
-) -> tuple[Cost, Cost]:
-    """Alternate the two, so that load from elsewhere hits both alike."""
-    a: list[Cost] = []
-    b: list[Cost] = []
-    for _ in range(rounds):
-        a.append(measure(first, 1, process=process))
-        b.append(measure(second, 1, process=process))
-    return _median(a), _median(b)
-
-
-def _median(costs: list[Cost]) -> Cost:
-    cpu = statistics.median(c.cpu for c in costs)
-    wall = statistics.median(c.wall for c in costs)
-    return Cost(cpu, wall, len(costs))
-
-
 def percentile(values: Sequence[float], p: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     ordered = sorted(values)
