@@ -115,10 +115,6 @@ class Latency:
     domain_xml: float = 0.0  # per domain read by observe
     job_info: float = 0.0  # per blockJobInfo
 
-    @property
-    def is_zero(self) -> bool:
-        return self.call == 0.0 and self.domain_xml == 0.0 and self.job_info == 0.0
-
 
 NO_LATENCY = Latency()
 # Measured on libvirt 9.0 (DESIGN.md): live XML ~0.1 ms per domain, blockJobInfo ~0.12 ms.
@@ -301,11 +297,6 @@ class SimulatedHost:
             if finished or (stop is not None and stop()):
                 return
 
-    def advance_to(self, when: float) -> None:
-        with self._op(mutating=False):
-            seconds = max(0.0, when - self._now)
-        self.advance(seconds)
-
     def _step_locked(self, target: float) -> bool:
         """End the next job due by `target`, or move time to `target`. True when there."""
         while self._heap:
@@ -441,14 +432,6 @@ class SimulatedHost:
                 self._emit(LifecycleEvent(name, "started"))
             return tuple(DiskKey(name, target) for target in domain.disks)
 
-    def add_disk(self, domain: str, disk: SimDisk) -> DiskKey:
-        """Attach another disk (hot-plug)."""
-        with self._op(mutating=True):
-            state = self._domain_locked(domain)
-            _add_disk(state, disk)
-            state.value = None
-            return DiskKey(domain, disk.target)
-
     def set_chain(
         self,
         key: DiskKey,
@@ -532,9 +515,6 @@ class SimulatedHost:
         """Suspend the vCPUs; block jobs keep running."""
         self._set_active_state(name, DomainState.PAUSED, "suspended")
 
-    def resume_domain(self, name: str) -> None:
-        self._set_active_state(name, DomainState.RUNNING, "resumed")
-
     def _set_active_state(self, name: str, state: DomainState, event: str) -> None:
         with self._op(mutating=True):
             domain = self._domain_locked(name)
@@ -605,11 +585,6 @@ class SimulatedHost:
         """A snapshot of the calls made so far, by kind (see CALL_KINDS)."""
         with self._lock:
             return {kind: self._calls[kind] for kind in CALL_KINDS}
-
-    @property
-    def call_counts(self) -> dict[str, int]:
-        """The same snapshot as `calls()`."""
-        return self.calls()
 
     def reset_calls(self) -> None:
         with self._lock:
