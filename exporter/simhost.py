@@ -513,16 +513,13 @@ class SimulatedHost:
 
     def pause_domain(self, name: str) -> None:
         """Suspend the vCPUs; block jobs keep running."""
-        self._set_active_state(name, DomainState.PAUSED, "suspended")
-
-    def _set_active_state(self, name: str, state: DomainState, event: str) -> None:
         with self._op(mutating=True):
             domain = self._domain_locked(name)
             if not domain.state.can_run_jobs:
                 raise ValueError(f"domain {name!r} is not running")
-            domain.state = state
+            domain.state = DomainState.PAUSED
             domain.value = None
-            self._emit(LifecycleEvent(name, event))
+            self._emit(LifecycleEvent(name, "suspended"))
 
     def remove_domain(self, name: str) -> None:
         """Destroy (if running) and undefine: the domain is gone from the next observe."""
