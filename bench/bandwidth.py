@@ -30,9 +30,9 @@ import common
 from common import RecordingHost, Running, table
 from helpers import wait_for
 
-from exporter.clock import SystemClock
-from exporter.libvirt_host import LibvirtHost
-from exporter.model import DiskKey
+from exporter.core.clock import SystemClock
+from exporter.core.model import DiskKey
+from exporter.hosts.libvirt.host import LibvirtHost
 
 MiB = common.MiB
 SAMPLE = 0.5

@@ -28,8 +28,8 @@ for _path in (ROOT, ROOT / "tests" / "integration"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from exporter.clock import Clock, OffsetClock  # noqa: E402, F401 (OffsetClock: for scripts)
-from exporter.model import (  # noqa: E402
+from exporter.core.clock import Clock, OffsetClock  # noqa: E402, F401 (OffsetClock: for scripts)
+from exporter.core.model import (  # noqa: E402
     BlockJob,
     DiskKey,
     HostEvent,
@@ -178,7 +178,7 @@ class Call:
 
 @dataclass
 class RecordingHost:
-    """Wraps any `exporter.host.Host`; timestamps every action and every delivered event."""
+    """Wraps any `exporter.core.host.Host`; timestamps every action and every delivered event."""
 
     inner: Any
     calls: list[Call] = field(default_factory=list)
@@ -281,8 +281,8 @@ class Running:
     with a ForeignWatch on its snapshots; `stop()`, or leaving the `with`, shuts it down."""
 
     def __init__(self, host: RecordingHost, policy: Path, clock: Clock) -> None:
-        from exporter.controller import Controller
-        from exporter.policy_source import PolicySource
+        from exporter.daemon.controller import Controller
+        from exporter.policy.source import PolicySource
 
         self.host = host
         self.controller = Controller(host, PolicySource(policy), clock)
@@ -297,7 +297,7 @@ class Running:
         self.stop()
 
     def stop(self) -> None:
-        from exporter.controller import Shutdown
+        from exporter.daemon.controller import Shutdown
 
         self.controller.inbox.put(Shutdown())
         self.thread.join(timeout=30)

@@ -5,7 +5,7 @@
 Starts N paused TCG domains (2 disks each, qcow2 overlays on one shared base) on
 qemu:///system, times the candidate calls (median round), prints a Markdown report (with
 `--record`, into bench/RESULTS.md) and removes every domain and image it made, also on failure
-or Ctrl-C. exporter/libvirt_host.py chose its calls from these figures.
+or Ctrl-C. exporter/hosts/libvirt/host.py chose its calls from these figures.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import table
 
-from exporter.libvirt_host import LibvirtHost
+from exporter.hosts.libvirt.host import LibvirtHost
 
 TARGETS = ("vda", "vdb")
 

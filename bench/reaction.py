@@ -38,10 +38,10 @@ import common
 from common import RecordingHost, Running, percentile, table
 from helpers import wait_for
 
-from exporter.clock import SystemClock
-from exporter.controller import Reload
-from exporter.libvirt_host import LibvirtHost
-from exporter.model import DiskKey
+from exporter.core.clock import SystemClock
+from exporter.core.model import DiskKey
+from exporter.daemon.controller import Reload
+from exporter.hosts.libvirt.host import LibvirtHost
 
 MiB = common.MiB
 POLL = 5.0  # the naive baseline's interval

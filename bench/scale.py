@@ -43,20 +43,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import ms, ratio, table
 
-from exporter.clock import now_of
-from exporter.controller import Controller, ControllerOptions
-from exporter.job_sweep import JobSweep
-from exporter.metrics import SnapshotCollector, render
-from exporter.model import (
+from exporter.core.clock import now_of
+from exporter.core.model import (
     BlockJob,
     DiskKey,
     HostEvent,
     LifecycleEvent,
     Observation,
 )
-from exporter.planner import plan
-from exporter.policy_source import PolicySource
-from exporter.simhost import LIBVIRT_9_LATENCY, GiB, Latency, SimDisk, SimulatedHost
+from exporter.core.planner import plan
+from exporter.daemon.controller import Controller, ControllerOptions
+from exporter.hosts.libvirt.job_sweep import JobSweep
+from exporter.hosts.sim.world import LIBVIRT_9_LATENCY, GiB, Latency, SimDisk, SimulatedHost
+from exporter.metrics.renderer import SnapshotCollector, render
+from exporter.policy.source import PolicySource
 
 DISKS_PER_DOMAIN = 4
 STATS_PER_DOMAIN = 0.003  # getAllDomainStats(BLOCK, BACKING): 2.98 ms/domain, RESULTS.md
@@ -313,7 +313,7 @@ def child(mode: str, disks: int) -> None:
     """Run in a subprocess: print RSS after the imports only, or after a full build."""
     import prometheus_client  # noqa: F401 - the daemon imports it (metrics, web)
 
-    import exporter.web  # noqa: F401
+    import exporter.web.server  # noqa: F401
 
     result: dict[str, int] = {}
     if mode == "full":
@@ -350,8 +350,8 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
     after the shared event loop is registered (as LibvirtHost's is)."""
     import libvirt
 
-    from exporter.libvirt_loop import shared_loop
-    from exporter.libvirt_xml import parse_disks
+    from exporter.hosts.libvirt.domain_xml import parse_disks
+    from exporter.hosts.libvirt.event_loop import shared_loop
 
     loop = shared_loop()
     loop.acquire()
@@ -409,9 +409,9 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     """
     import libvirt
 
-    from exporter.clock import SystemClock
-    from exporter.libvirt_host import LibvirtHost
-    from exporter.libvirt_xml import parse_disks
+    from exporter.core.clock import SystemClock
+    from exporter.hosts.libvirt.domain_xml import parse_disks
+    from exporter.hosts.libvirt.host import LibvirtHost
 
     load = common.load_average()
     libvirt.registerErrorHandler(lambda *_: None, None)

@@ -15,10 +15,13 @@ from collections.abc import Sequence
 from exporter import __version__
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("exporter.run_command", "run the daemon: reconcile the host toward the policy"),
-    "check": ("exporter.check_command", "validate policy files, like `promtool check config`"),
-    "plan": ("exporter.plan_command", "show what the daemon would do now and why; acts on nothing"),
-    "status": ("exporter.status_command", "show running pulls with progress, rate, ETA, backlog"),
+    "run": ("exporter.commands.run", "run the daemon: reconcile the host toward the policy"),
+    "check": ("exporter.commands.check", "validate policy files, like `promtool check config`"),
+    "plan": (
+        "exporter.commands.plan",
+        "show what the daemon would do now and why; acts on nothing",
+    ),
+    "status": ("exporter.commands.status", "show running pulls with progress, rate, ETA, backlog"),
 }
 
 

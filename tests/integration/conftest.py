@@ -19,8 +19,8 @@ import helpers
 import libvirt
 import pytest
 
-from exporter.libvirt_host import LibvirtHost
-from exporter.model import HostEvent
+from exporter.core.model import HostEvent
+from exporter.hosts.libvirt.host import LibvirtHost
 
 HERE = Path(__file__).parent
 

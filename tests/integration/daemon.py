@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, TypeVar
 import helpers
 import libvirt
 
-from exporter.clock import Clock, SystemClock
-from exporter.controller import Controller, ControllerOptions, Shutdown
-from exporter.decisions import AbortReason, DiskState
-from exporter.host import EventSink, Host
-from exporter.libvirt_host import LibvirtHost
-from exporter.libvirt_xml import parse_disks
-from exporter.model import BlockJob, DiskKey, HostEvent, JobType, Observation
-from exporter.policy_loader import load_policy
-from exporter.policy_source import PolicySource
-from exporter.snapshot import Snapshot
+from exporter.core.clock import Clock, SystemClock
+from exporter.core.decisions import AbortReason, DiskState
+from exporter.core.host import EventSink, Host
+from exporter.core.model import BlockJob, DiskKey, HostEvent, JobType, Observation
+from exporter.daemon.controller import Controller, ControllerOptions, Shutdown
+from exporter.daemon.snapshot import Snapshot
+from exporter.hosts.libvirt.domain_xml import parse_disks
+from exporter.hosts.libvirt.host import LibvirtHost
+from exporter.policy.loader import load_policy
+from exporter.policy.source import PolicySource
 
 if TYPE_CHECKING:
     from conftest import Domains

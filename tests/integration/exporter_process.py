@@ -27,7 +27,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_server import free_port
 
-from exporter.model import DiskKey
+from exporter.core.model import DiskKey
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 60.0

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from exporter.model import HostEvent
+from exporter.core.model import HostEvent
 
 URI = "qemu:///system"
 IMAGES_ROOT = Path("/var/lib/libvirt/images")

@@ -25,7 +25,7 @@ from exporter_process import ExporterProcess, policy_for_domains, running_export
 from helpers import DiskSpec
 from prometheus_server import ALERTS, PrometheusServer, free_port, rules_copy, running_prometheus
 
-from exporter.model import DiskKey
+from exporter.core.model import DiskKey
 
 ALERT = "BlockpullJobFailed"
 MAX_FOR_SECONDS = 60.0

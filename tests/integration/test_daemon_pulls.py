@@ -27,8 +27,8 @@ from daemon import (
 )
 from helpers import MIB
 
-from exporter.decisions import AbortReason, DiskState
-from exporter.model import DiskKey, JobEvent, JobOutcome
+from exporter.core.decisions import AbortReason, DiskState
+from exporter.core.model import DiskKey, JobEvent, JobOutcome
 
 RATE_TOLERANCE = 0.15
 

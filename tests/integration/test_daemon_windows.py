@@ -23,8 +23,8 @@ from daemon import (
 )
 from helpers import MIB
 
-from exporter.clock import OffsetClock
-from exporter.decisions import AbortReason, DiskState
+from exporter.core.clock import OffsetClock
+from exporter.core.decisions import AbortReason, DiskState
 
 WINDOW = '  ten: {days: daily, from: "10:00", to: "10:01"}\n'
 OPENS = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)  # a Tuesday; the window is daily anyway

@@ -25,7 +25,7 @@ from exporter_process import policy_for_domains, running_exporter
 from helpers import DiskSpec
 from prometheus_server import PrometheusServer, free_port, running_prometheus
 
-from exporter.model import DiskKey
+from exporter.core.model import DiskKey
 
 try:
     from tests.dashboard_queries import NEEDS_STATE, concrete_expr, dashboard_queries

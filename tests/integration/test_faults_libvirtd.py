@@ -21,7 +21,7 @@ from exporter_process import ExporterProcess, policy_for_domains
 from faults import Subject
 from helpers import MIB
 
-from exporter.controller import MAX_CONNECT_BACKOFF
+from exporter.daemon.controller import MAX_CONNECT_BACKOFF
 
 
 @pytest.fixture(autouse=True)

@@ -14,9 +14,7 @@ import pytest
 from conftest import Domains, HostUnderTest
 from helpers import MIB, Chain, DiskSpec
 
-from exporter.libvirt_host import LibvirtHost
-from exporter.libvirt_loop import shared_loop
-from exporter.model import (
+from exporter.core.model import (
     BlockJob,
     ConnectionEvent,
     Disk,
@@ -30,6 +28,8 @@ from exporter.model import (
     JobType,
     LifecycleEvent,
 )
+from exporter.hosts.libvirt.event_loop import shared_loop
+from exporter.hosts.libvirt.host import LibvirtHost
 
 SLOW = 1 * MIB  # a 32 MiB pull at this speed lasts ~32 s: long enough to act on it mid-way
 

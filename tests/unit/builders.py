@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, time
 
-from exporter.decisions import Action, SetSpeed, StartPull
-from exporter.memory import Failures, Memory
-from exporter.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
-from exporter.policy import (
+from exporter.core.decisions import Action, SetSpeed, StartPull
+from exporter.core.memory import Failures, Memory
+from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
+from exporter.policy.values import (
     Budget,
     Defaults,
     OutsideWindows,

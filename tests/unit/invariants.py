@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from exporter.clock import now_of
-from exporter.controller import Controller
-from exporter.model import JobType
-from exporter.planner import plan
-from exporter.policy import OutsideWindows, RuleAction
-from exporter.schedule import budget_at, open_windows, rule_open
-from exporter.selection import select_rule
-from exporter.simhost import SimulatedHost
+from exporter.core.clock import now_of
+from exporter.core.model import JobType
+from exporter.core.planner import plan
+from exporter.core.schedule import budget_at, open_windows, rule_open
+from exporter.core.selection import select_rule
+from exporter.daemon.controller import Controller
+from exporter.hosts.sim.world import SimulatedHost
+from exporter.policy.values import OutsideWindows, RuleAction
 
 
 def assert_invariants(controller: Controller, host: SimulatedHost) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from exporter.decisions import AbortReason, DiskDecision, DiskState, Plan
-from exporter.metrics import render
-from exporter.model import BlockJob, DiskKey, JobType
-from exporter.policy import Budget
-from exporter.snapshot import Counters, Histogram, JobProgress, Snapshot
+from exporter.core.decisions import AbortReason, DiskDecision, DiskState, Plan
+from exporter.core.model import BlockJob, DiskKey, JobType
+from exporter.daemon.snapshot import Counters, Histogram, JobProgress, Snapshot
+from exporter.metrics.renderer import render
+from exporter.policy.values import Budget
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exporter.bandwidth import allocate
-from exporter.policy import Budget
+from exporter.core.bandwidth import allocate
+from exporter.policy.values import Budget
 
 
 def test_unlimited_bandwidth_gives_unlimited_share() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from freezegun import freeze_time
 
 from exporter.cli import main
-from exporter.model import BlockJob, DiskKey, JobType
-from exporter.status_command import eta, progress_bar
+from exporter.commands.status import eta, progress_bar
+from exporter.core.model import BlockJob, DiskKey, JobType
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "policies" / "example.yaml"
@@ -31,7 +31,7 @@ def on_the_simulated_host(command: str, tmp_path: Path) -> int:
 def test_check_imports_neither_libvirt_nor_the_daemon():
     code = (
         "import sys; from exporter.cli import main; rc = main(['check', sys.argv[1]]);"
-        "assert rc == 0; bad = {'libvirt', 'exporter.web', 'exporter.controller'} & "
+        "assert rc == 0; bad = {'libvirt', 'exporter.web.server', 'exporter.daemon.controller'} & "
         "set(sys.modules); assert not bad, bad"
     )
     done = subprocess.run([sys.executable, "-c", code, str(EXAMPLE)], capture_output=True)

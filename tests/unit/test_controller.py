@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.controller import (
+from exporter.core.decisions import AbortReason, DiskState
+from exporter.core.model import DiskKey, JobType
+from exporter.daemon.controller import (
     MAX_CONNECT_BACKOFF,
     STILL_DOWN_WARNING_SECONDS,
     Controller,
@@ -17,11 +19,9 @@ from exporter.controller import (
     Reload,
     Shutdown,
 )
-from exporter.decisions import AbortReason, DiskState
-from exporter.model import DiskKey, JobType
-from exporter.policy_source import PolicySource
-from exporter.simhost import MiB, SimDisk, SimulatedHost
-from exporter.state_store import StateStore
+from exporter.daemon.state_store import StateStore
+from exporter.hosts.sim.world import MiB, SimDisk, SimulatedHost
+from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"
 APP = "/templates/app.qcow2"
@@ -292,7 +292,7 @@ def test_an_outage_is_one_warning_a_reminder_every_five_minutes_and_a_recovery(t
     controller = make_controller(host, write_policy(tmp_path / "p.yaml"))
     run_for(controller, host, 2)
     host.drop_connection()
-    with caplog.at_level(logging.DEBUG, logger="exporter.controller"):
+    with caplog.at_level(logging.DEBUG, logger="exporter.daemon.controller"):
         run_for(controller, host, 2 * STILL_DOWN_WARNING_SECONDS + 10)
         host.restore_connection()
         run_for(controller, host, MAX_CONNECT_BACKOFF)

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from invariants import assert_invariants
 
-from exporter.controller import Controller, ControllerOptions, Reload
-from exporter.decisions import DiskDecision, DiskState
-from exporter.model import DiskKey, JobType
-from exporter.policy_source import PolicySource
-from exporter.simhost import DEFAULT_EPOCH, MiB, SimDisk, SimulatedHost
+from exporter.core.decisions import DiskDecision, DiskState
+from exporter.core.model import DiskKey, JobType
+from exporter.daemon.controller import Controller, ControllerOptions, Reload
+from exporter.hosts.sim.world import DEFAULT_EPOCH, MiB, SimDisk, SimulatedHost
+from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"
 APP = "/templates/app.qcow2"

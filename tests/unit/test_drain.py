@@ -7,11 +7,11 @@ from pathlib import Path
 
 from invariants import assert_invariants
 
-from exporter.controller import Controller, ControllerOptions
-from exporter.decisions import DiskState
-from exporter.model import DiskKey
-from exporter.policy_source import PolicySource
-from exporter.simhost import GiB, MiB, SimDisk, SimulatedHost
+from exporter.core.decisions import DiskState
+from exporter.core.model import DiskKey
+from exporter.daemon.controller import Controller, ControllerOptions
+from exporter.hosts.sim.world import GiB, MiB, SimDisk, SimulatedHost
+from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"
 APP = "/templates/app.qcow2"

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.web import WebServer
+from exporter.web.server import WebServer
 
 BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
 TIMEOUT = 5.0  # a hang fails the example instead of the whole run
@@ -32,7 +32,7 @@ class Records(logging.Handler):
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[WebServer, Records]]:
     records = Records()
-    logger = logging.getLogger("exporter.web")
+    logger = logging.getLogger("exporter.web.server")
     logger.addHandler(records)
     level = logger.level
     logger.setLevel(logging.DEBUG)

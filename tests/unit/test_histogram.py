@@ -1,4 +1,4 @@
-from exporter.histogram import HistogramAccumulator
+from exporter.daemon.histogram import HistogramAccumulator
 
 
 def test_histogram_buckets_are_cumulative_and_keep_sum_and_count():

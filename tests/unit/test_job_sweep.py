@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from exporter.job_sweep import JobSweep
+from exporter.hosts.libvirt.job_sweep import JobSweep
 
 
 def test_the_first_observe_reads_every_part() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from exporter.libvirt_errors import classify
-from exporter.model import ErrorReason
+from exporter.core.model import ErrorReason
+from exporter.hosts.libvirt.errors import classify
 
 CASES = [
     (42, 10, "Domain not found: no domain with matching name 'x'", ErrorReason.DOMAIN_NOT_FOUND),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.libvirt_xml import DiskXml, ParsedDisks, normalise_target, parse_disks
+from exporter.hosts.libvirt.domain_xml import DiskXml, ParsedDisks, normalise_target, parse_disks
 
 LIVE = """<domain type='qemu' id='1'><name>web-1</name><devices>
 <disk type='file' device='disk'><driver name='qemu' type='qcow2'/>

@@ -14,10 +14,10 @@ import snapshots as s
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.decisions import AbortReason, DiskState
-from exporter.metrics import MetricsRenderer, SnapshotCollector, render
-from exporter.model import DiskKey, JobType
-from exporter.snapshot import Counters, Snapshot
+from exporter.core.decisions import AbortReason, DiskState
+from exporter.core.model import DiskKey, JobType
+from exporter.daemon.snapshot import Counters, Snapshot
+from exporter.metrics.renderer import MetricsRenderer, SnapshotCollector, render
 
 VERSION = "1.2.3"
 

@@ -1,8 +1,8 @@
 """How a tracked pull's outcome is proven from the re-read host."""
 
-from exporter.decisions import AbortReason
-from exporter.memory import TrackedJob
-from exporter.model import (
+from exporter.core.decisions import AbortReason
+from exporter.core.memory import TrackedJob
+from exporter.core.model import (
     BlockJob,
     Disk,
     DiskKey,
@@ -12,7 +12,7 @@ from exporter.model import (
     JobType,
     Observation,
 )
-from exporter.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
+from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
 
 KEY = DiskKey("web-1", "vda")
 CHAIN = ("/t/app.qcow2", "/t/os.qcow2")

@@ -16,12 +16,12 @@ from builders import apply
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter import schedule
-from exporter.decisions import AbortPull, DiskState, Plan, StartPull
-from exporter.memory import Failures, Memory
-from exporter.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
-from exporter.planner import backoff_delay, plan
-from exporter.policy import (
+from exporter.core import schedule
+from exporter.core.decisions import AbortPull, DiskState, Plan, StartPull
+from exporter.core.memory import Failures, Memory
+from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
+from exporter.core.planner import backoff_delay, plan
+from exporter.policy.values import (
     Budget,
     Defaults,
     OutsideWindows,

@@ -23,7 +23,7 @@ from builders import (
     window,
 )
 
-from exporter.decisions import (
+from exporter.core.decisions import (
     AbortPull,
     AbortReason,
     DiskDecision,
@@ -32,10 +32,10 @@ from exporter.decisions import (
     SetSpeed,
     StartPull,
 )
-from exporter.memory import Memory, TrackedJob
-from exporter.model import Disk, DiskKey, DomainState, JobType, Observation
-from exporter.planner import backoff_delay, plan
-from exporter.policy import OutsideWindows, Policy
+from exporter.core.memory import Memory, TrackedJob
+from exporter.core.model import Disk, DiskKey, DomainState, JobType, Observation
+from exporter.core.planner import backoff_delay, plan
+from exporter.policy.values import OutsideWindows, Policy
 
 NOON = at("2024-01-03T12:00")  # a Wednesday
 NIGHT = at("2024-01-03T23:00")

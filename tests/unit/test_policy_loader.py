@@ -12,14 +12,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.policy import OutsideWindows, RuleAction
-from exporter.policy_loader import (
+from exporter.policy.loader import (
     PolicyError,
     PolicyIssue,
     glob_problem,
     load_policy,
     parse_policy,
 )
+from exporter.policy.values import OutsideWindows, RuleAction
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
 

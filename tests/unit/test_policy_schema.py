@@ -19,7 +19,7 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from exporter.policy_loader import PolicyError, glob_problem, load_policy
+from exporter.policy.loader import PolicyError, glob_problem, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "policies" / "schema.json").read_text())

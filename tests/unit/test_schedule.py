@@ -12,9 +12,9 @@ from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.policy import Budget, Policy
-from exporter.policy_loader import parse_policy
-from exporter.schedule import budget_at, next_boundary, open_windows, rule_open
+from exporter.core.schedule import budget_at, next_boundary, open_windows, rule_open
+from exporter.policy.loader import parse_policy
+from exporter.policy.values import Budget, Policy
 
 BERLIN = ZoneInfo("Europe/Berlin")
 MIB = 1024**2

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sd_notify import Notifier
+from exporter.daemon.sd_notify import Notifier
 
 
 class Listener:

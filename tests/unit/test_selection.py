@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from builders import BASE, disk, ignore, rule
 
-from exporter.model import Disk
-from exporter.policy import Rule
-from exporter.selection import compile_globs, select_rule, selector_for
+from exporter.core.model import Disk
+from exporter.core.selection import compile_globs, select_rule, selector_for
+from exporter.policy.values import Rule
 
 
 def selected(rules: tuple[Rule, ...], domain: str, d: Disk) -> str | None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.clock import ManualClock
-from exporter.model import (
+from exporter.core.clock import ManualClock
+from exporter.core.model import (
     DiskKey,
     DomainState,
     ErrorReason,
@@ -19,7 +19,7 @@ from exporter.model import (
     JobOutcome,
     JobType,
 )
-from exporter.sim_uri import (
+from exporter.hosts.sim.state_file import (
     DEMO_DEVICE_SPEED,
     SimStateError,
     is_sim_uri,

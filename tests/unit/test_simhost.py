@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from exporter.clock import ManualClock
-from exporter.model import (
+from exporter.core.clock import ManualClock
+from exporter.core.model import (
     BlockJob,
     ConnectionEvent,
     Disk,
@@ -22,7 +22,7 @@ from exporter.model import (
     JobType,
     LifecycleEvent,
 )
-from exporter.simhost import DEFAULT_EPOCH, GiB, Latency, MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.world import DEFAULT_EPOCH, GiB, Latency, MiB, SimDisk, SimulatedHost
 
 APP = "/templates/app.qcow2"
 BASE = "/templates/base.qcow2"

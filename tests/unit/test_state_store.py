@@ -2,9 +2,9 @@
 
 import json
 
-from exporter.memory import Memory, TrackedJob
-from exporter.model import DiskKey
-from exporter.state_store import StateStore
+from exporter.core.memory import Memory, TrackedJob
+from exporter.core.model import DiskKey
+from exporter.daemon.state_store import StateStore
 
 KEY = DiskKey("web-1", "vda")
 

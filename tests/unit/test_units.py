@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.units import format_bytes_rate, format_duration, parse_duration, parse_size_rate
+from exporter.policy.units import (
+    format_bytes_rate,
+    format_duration,
+    parse_duration,
+    parse_size_rate,
+)
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,9 @@ import pytest
 import snapshots
 from certs import Pki, make_pki
 
-from exporter import web
-from exporter.web import (
+from exporter.web import server as web
+from exporter.web.config import WebConfig, load_web_config
+from exporter.web.server import (
     DEFAULT_LISTEN_ADDRESS,
     BasicAuth,
     ListenAddressError,
@@ -28,7 +29,6 @@ from exporter.web import (
     parse_listen_address,
     render_landing_page,
 )
-from exporter.web_config import WebConfig, load_web_config
 
 BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
@@ -225,7 +225,7 @@ def test_other_methods_get_405_with_allow(method: str) -> None:
 def test_malformed_request_gets_400_without_traceback(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    caplog.set_level(logging.DEBUG, logger="exporter.web.server")
     with serving() as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
             sock.sendall(b"\x00\xff GARBAGE \xfe\r\n\r\n")
@@ -239,7 +239,7 @@ def test_malformed_request_gets_400_without_traceback(
 def test_client_disconnecting_mid_request_leaves_the_server_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="exporter.web")
+    caplog.set_level(logging.DEBUG, logger="exporter.web.server")
     with serving() as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
             sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line, then gone

@@ -11,7 +11,7 @@ import bcrypt
 import pytest
 from certs import Pki, make_pki
 
-from exporter.web_config import ClientAuth, WebConfigError, load_web_config
+from exporter.web.config import ClientAuth, WebConfigError, load_web_config
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 

@@ -1,0 +1,1 @@
+"""The subcommands of `blockpull-exporter` and what they share."""

@@ -1,0 +1,88 @@
+"""`blockpull-exporter plan`: what the daemon would do now and why, per disk. Acts on nothing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from exporter.commands import options as cli_options
+from exporter.core.decisions import AbortPull, Action, Plan, SetSpeed, StartPull
+from exporter.policy.values import Budget
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli_options.add_policy_file(parser)
+    cli_options.add_libvirt_uri(parser)
+    cli_options.add_state_dir(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from exporter.core.clock import SystemClock, now_of
+    from exporter.core.model import HostError
+    from exporter.core.planner import plan
+    from exporter.daemon.state_store import StateStore
+    from exporter.hosts import open_host
+    from exporter.policy.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy_file)
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        return 1
+    clock = SystemClock()
+    host = open_host(args.libvirt_uri, clock)
+    try:
+        observation = host.observe()
+    except HostError as error:
+        print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        host.close()
+    memory = StateStore(args.state_dir).load_readonly()
+    print(describe(plan(observation, policy, now_of(clock), memory), str(args.policy_file)))
+    return 0
+
+
+def describe_budget(budget: Budget) -> str:
+    from exporter.policy.units import format_bytes_rate
+
+    rate = "unlimited" if budget.bandwidth is None else format_bytes_rate(budget.bandwidth)
+    return f"{rate}, {budget.max_concurrent} at once"
+
+
+def describe_action(action: Action) -> str:
+    from exporter.policy.units import format_bytes_rate
+
+    if isinstance(action, AbortPull):
+        return f"abort {action.key}: {action.reason}"
+    speed = "unlimited" if action.bandwidth is None else format_bytes_rate(action.bandwidth)
+    if isinstance(action, SetSpeed):
+        return f"set speed of {action.key} to {speed}: {action.reason}"
+    assert isinstance(action, StartPull)
+    return f"start pull of {action.key} at {speed}: {action.reason}"
+
+
+def describe(result: Plan, source: str) -> str:
+    from exporter.commands.table import render_table
+
+    windows = ", ".join(sorted(result.open_windows)) or "none"
+    lines = [
+        f"policy {source}; open windows: {windows}; budget: {describe_budget(result.budget)}",
+        "",
+        render_table(
+            ("DOMAIN", "DISK", "RULE", "STATE", "REASON"),
+            [
+                (d.key.domain, d.key.disk, d.rule or "-", str(d.state), d.reason)
+                for d in result.decisions
+            ],
+        ),
+        "",
+    ]
+    if result.actions:
+        lines.append(f"would do ({len(result.actions)}):")
+        lines.extend(f"  {describe_action(a)}" for a in result.actions)
+    else:
+        lines.append("would do nothing")
+    if result.next_wake is not None:
+        lines.append(f"next timed change: {result.next_wake.isoformat(timespec='seconds')}")
+    return "\n".join(lines)

@@ -1,0 +1,138 @@
+"""`blockpull-exporter run`: the daemon.
+
+Signals only put a wake-up in the controller's inbox (SimpleQueue.put is safe in a signal
+handler); the loop acts on it. SIGHUP reloads the policy; SIGTERM and SIGINT stop the daemon,
+leaving running pulls to QEMU unless --shutdown.abort-pulls is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from exporter import __version__
+from exporter.commands import options as cli_options
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from exporter.web.server import DEFAULT_LISTEN_ADDRESS
+
+    cli_options.add_policy_file(parser)
+    cli_options.add_libvirt_uri(parser)
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN_ADDRESS,
+        metavar="ADDRESS",
+        help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS})",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=None,
+        metavar="FILE",
+        help="exporter-toolkit web config: TLS and basic auth (default: plain HTTP)",
+    )
+    cli_options.add_state_dir(parser)
+    parser.add_argument(
+        "--resync.interval",
+        dest="resync_interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="full re-read of the host even without events (default: 30)",
+    )
+    parser.add_argument(
+        "--progress.interval",
+        dest="progress_interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="refresh of running pulls' progress (default: 2)",
+    )
+    parser.add_argument(
+        "--shutdown.abort-pulls",
+        dest="abort_on_shutdown",
+        action="store_true",
+        help="abort the daemon's running pulls on exit (default: leave them running; "
+        "they are adopted on the next start)",
+    )
+    cli_options.add_log_level(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from exporter.core.clock import SystemClock
+    from exporter.daemon.controller import Controller, ControllerOptions, Reload, Shutdown
+    from exporter.daemon.sd_notify import Notifier
+    from exporter.daemon.state_store import StateStore
+    from exporter.hosts import open_host
+    from exporter.metrics.renderer import MetricsRenderer
+    from exporter.policy.loader import PolicyError
+    from exporter.policy.source import PolicySource
+    from exporter.web.config import WebConfigError, load_web_config
+    from exporter.web.server import WebServer
+
+    cli_options.setup_logging(args.log_level)
+    try:
+        source = PolicySource(args.policy_file)
+    except PolicyError as error:
+        print(f"blockpull-exporter: invalid policy, not starting:\n{error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"blockpull-exporter: {args.policy_file}: {error.strerror}", file=sys.stderr)
+        return 1
+    try:
+        web_config = load_web_config(args.web_config_file) if args.web_config_file else None
+    except WebConfigError as error:
+        print(f"blockpull-exporter: {error}", file=sys.stderr)
+        return 1
+
+    clock = SystemClock()
+    host = open_host(args.libvirt_uri, clock)
+    controller = Controller(
+        host,
+        source,
+        clock,
+        StateStore(args.state_dir),
+        ControllerOptions(
+            resync_interval=args.resync_interval,
+            progress_interval=args.progress_interval,
+            abort_on_shutdown=args.abort_on_shutdown,
+        ),
+        Notifier(),
+    )
+    renderer = MetricsRenderer(__version__)
+    server = WebServer(
+        args.listen_address,
+        web_config,
+        lambda: renderer.render(controller.snapshot),
+        lambda: renderer.landing_page(controller.snapshot),
+    )
+    try:
+        server.start()
+    except OSError as error:
+        print(
+            f"blockpull-exporter: cannot listen on {args.listen_address}: {error}", file=sys.stderr
+        )
+        host.close()
+        return 1
+    signal.signal(signal.SIGHUP, lambda *_: controller.inbox.put(Reload()))
+    signal.signal(signal.SIGTERM, lambda *_: controller.inbox.put(Shutdown()))
+    signal.signal(signal.SIGINT, lambda *_: controller.inbox.put(Shutdown()))
+    log.info(
+        "blockpull-exporter %s: policy %s, host %s, metrics on %s",
+        __version__,
+        args.policy_file,
+        args.libvirt_uri,
+        args.listen_address,
+    )
+    try:
+        controller.run()
+    finally:
+        server.stop()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,154 @@
+"""`blockpull-exporter status`: running pulls with progress, rate and ETA, and the backlog.
+
+Reads the host directly (two job reads a second apart give the rate); with --policy.file the
+backlog is broken down by what the policy would do with each disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+
+from exporter.commands import options as cli_options
+from exporter.core.decisions import DiskDecision, DiskState
+from exporter.core.model import BlockJob, DiskKey, Observation
+
+BAR_WIDTH = 24
+CLEAR_SCREEN = "\033[H\033[2J"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    cli_options.add_libvirt_uri(parser)
+    cli_options.add_policy_file(parser, required=False)
+    parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between redraws with --watch (default: 2)",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from exporter.core.clock import SystemClock, now_of, sleep
+    from exporter.core.memory import Memory
+    from exporter.core.model import HostError
+    from exporter.core.planner import plan
+    from exporter.hosts import open_host
+    from exporter.policy.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy_file) if args.policy_file else None
+    except PolicyError as error:
+        print(error, file=sys.stderr)
+        return 1
+    clock = SystemClock()
+    host = open_host(args.libvirt_uri, clock)
+    previous: tuple[float, dict[DiskKey, BlockJob]] | None = None
+    try:
+        while True:
+            observation = host.observe()
+            jobs = _jobs(observation)
+            if previous is None:  # a rate needs two reads
+                sleep(clock, 1.0)
+                previous = (clock.monotonic() - 1.0, jobs)
+                observation = host.observe()
+                jobs = _jobs(observation)
+            rates = _rates(previous, clock.monotonic(), jobs)
+            previous = (clock.monotonic(), jobs)
+            decisions = (
+                plan(observation, policy, now_of(clock), Memory()).decisions if policy else None
+            )
+            frame = render_status(observation, rates, decisions)
+            if not args.watch:
+                print(frame)
+                return 0
+            print(CLEAR_SCREEN + frame, flush=True)
+            sleep(clock, args.interval)
+    except HostError as error:
+        print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        host.close()
+
+
+def _jobs(observation: Observation) -> dict[DiskKey, BlockJob]:
+    return {key: disk.job for key, (_, disk) in observation.disks().items() if disk.job}
+
+
+def _rates(
+    previous: tuple[float, Mapping[DiskKey, BlockJob]],
+    now: float,
+    jobs: Mapping[DiskKey, BlockJob],
+) -> dict[DiskKey, float]:
+    then, before = previous
+    elapsed = now - then
+    return {
+        key: (job.cur - before[key].cur) / elapsed
+        for key, job in jobs.items()
+        if key in before and elapsed > 0 and job.cur >= before[key].cur
+    }
+
+
+def progress_bar(cur: int, end: int) -> str:
+    fraction = cur / end if end > 0 else 0.0
+    filled = round(fraction * BAR_WIDTH)
+    return f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {fraction:4.0%}"
+
+
+def eta(job: BlockJob, rate: float | None) -> str:
+    from exporter.policy.units import format_duration
+
+    if job.end == 0 or job.cur >= job.end:
+        return "-"
+    if not rate:
+        return "?"
+    return format_duration(round((job.end - job.cur) / rate))
+
+
+def render_status(
+    observation: Observation,
+    rates: Mapping[DiskKey, float],
+    decisions: Sequence[DiskDecision] | None,
+) -> str:
+    from exporter.commands.table import render_table
+    from exporter.policy.units import format_bytes_rate
+
+    jobs = sorted(_jobs(observation).items())
+    rows = [
+        (
+            str(key),
+            str(job.type),
+            progress_bar(job.cur, job.end),
+            format_bytes_rate(int(rates[key])) if key in rates else "?",
+            eta(job, rates.get(key)),
+            "unlimited" if job.bandwidth == 0 else format_bytes_rate(job.bandwidth),
+        )
+        for key, job in jobs
+    ]
+    lines = [f"{len(jobs)} block job(s) running"]
+    if rows:
+        lines += ["", render_table(("DISK", "JOB", "PROGRESS", "RATE", "ETA", "LIMIT"), rows)]
+    lines += ["", backlog_line(observation, decisions)]
+    return "\n".join(lines)
+
+
+def backlog_line(observation: Observation, decisions: Sequence[DiskDecision] | None) -> str:
+    if decisions is None:
+        waiting = sum(1 for _, disk in observation.disks().values() if disk.chain)
+        return f"backlog: {waiting} disk(s) still depend on a backing image"
+    done = {DiskState.INDEPENDENT, DiskState.IGNORED}
+    running = _jobs(observation).keys()
+    states = Counter(
+        # A plan "starts" pulls it would start now; status reports what the host does.
+        DiskState.PENDING if d.state is DiskState.PULLING and d.key not in running else d.state
+        for d in decisions
+        if d.rule is not None and d.state not in done
+    )
+    detail = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+    return f"backlog: {sum(states.values())} disk(s) to pull" + (f" ({detail})" if detail else "")

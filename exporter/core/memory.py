@@ -1,0 +1,58 @@
+"""What the daemon remembers between reconciles and across restarts (the state file).
+
+Pure values plus pure update functions; `exporter.daemon.state_store` persists them atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from exporter.core.model import DiskKey
+
+
+@dataclass(frozen=True)
+class Failures:
+    """Consecutive failed attempts of one disk, valid while disk and policy stay the same."""
+
+    count: int
+    last_failure_at: float  # epoch seconds
+    disk_fingerprint: str
+    policy_fingerprint: str
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """A pull the daemon started or adopted, remembered until its outcome is proven."""
+
+    base: str | None
+    started_at: float  # epoch seconds
+    chain_before: tuple[str, ...]  # the chain when it started; the outcome is judged against it
+
+
+@dataclass(frozen=True)
+class Memory:
+    failures: dict[DiskKey, Failures] = field(default_factory=dict)
+    tracked: dict[DiskKey, TrackedJob] = field(default_factory=dict)
+
+    def with_failure(self, key: DiskKey, now: float, disk_fp: str, policy_fp: str) -> Memory:
+        previous = self.failures.get(key)
+        count = 1
+        if (
+            previous
+            and previous.disk_fingerprint == disk_fp
+            and (previous.policy_fingerprint == policy_fp)
+        ):
+            count = previous.count + 1
+        failures = {**self.failures, key: Failures(count, now, disk_fp, policy_fp)}
+        return replace(self, failures=failures)
+
+    def with_success(self, key: DiskKey) -> Memory:
+        if key not in self.failures:
+            return self
+        return replace(self, failures={k: v for k, v in self.failures.items() if k != key})
+
+    def with_tracked(self, key: DiskKey, job: TrackedJob) -> Memory:
+        return replace(self, tracked={**self.tracked, key: job})
+
+    def without_tracked(self, key: DiskKey) -> Memory:
+        return replace(self, tracked={k: v for k, v in self.tracked.items() if k != key})

@@ -1,0 +1,468 @@
+"""The controller: the daemon's only loop.
+
+It wakes on a host event, a timer, a window boundary, a policy reload or a signal; observes the
+host; settles the outcome of tracked pulls from the re-read chain; plans; acts; publishes an
+immutable snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or
+a libvirtd restart costs a resync and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.core.clock import Clock, now_of
+from exporter.core.decisions import (
+    AbortPull,
+    AbortReason,
+    Action,
+    DiskState,
+    Plan,
+    SetSpeed,
+    StartPull,
+)
+from exporter.core.host import Host
+from exporter.core.memory import Memory, TrackedJob
+from exporter.core.model import (
+    BlockJob,
+    ConnectionEvent,
+    Disk,
+    DiskKey,
+    ErrorReason,
+    HostError,
+    HostEvent,
+    JobEvent,
+    JobOutcome,
+    JobType,
+    LifecycleEvent,
+    Observation,
+)
+from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
+from exporter.core.planner import plan
+from exporter.daemon.histogram import HistogramAccumulator
+from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
+from exporter.daemon.state_store import StateStore
+from exporter.policy.source import PolicySource
+from exporter.policy.values import Policy
+
+log = logging.getLogger(__name__)
+
+# Start errors that mean "the host changed under us": resync, but do not count a failure.
+RACE_REASONS = frozenset(
+    {
+        ErrorReason.DISK_BUSY,
+        ErrorReason.DOMAIN_NOT_RUNNING,
+        ErrorReason.DOMAIN_NOT_FOUND,
+        ErrorReason.DISK_NOT_FOUND,
+        ErrorReason.CONNECTION,
+    }
+)
+# A refused connection costs nothing, and a libvirtd back from a restart should be seen within
+# seconds; the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
+MAX_CONNECT_BACKOFF = 5.0
+STILL_DOWN_WARNING_SECONDS = 300.0
+TIMER_TOLERANCE = 1e-6  # seconds
+MIN_TIMER_SECONDS = 0.01
+LOOK_AGAIN_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Reload:
+    """SIGHUP: re-read the policy file."""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """SIGTERM/SIGINT: stop after the current step."""
+
+
+Wake = HostEvent | Reload | Shutdown
+
+
+class Notifier(Protocol):
+    """The service manager (systemd's notify protocol); a no-op outside systemd."""
+
+    def ready(self) -> None: ...
+    def reloading(self) -> None: ...
+    def watchdog(self) -> None: ...
+    def stopping(self) -> None: ...
+
+
+class _NoNotifier:
+    def ready(self) -> None: ...
+    def reloading(self) -> None: ...
+    def watchdog(self) -> None: ...
+    def stopping(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    resync_interval: float = 30.0  # full observe even without events (catches hand-made jobs)
+    progress_interval: float = 2.0  # refresh of running jobs' progress only
+    file_check_interval: float = 1.0  # policy file changed on disk?
+    abort_on_shutdown: bool = False  # default: leave pulls running; they are adopted on restart
+
+
+class Controller:
+    def __init__(
+        self,
+        host: Host,
+        source: PolicySource,
+        clock: Clock,
+        store: StateStore | None = None,
+        options: ControllerOptions | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self._host = host
+        self._source = source
+        self._clock = clock
+        self._store = store
+        self._options = options or ControllerOptions()
+        self._notifier: Notifier = notifier or _NoNotifier()
+        self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
+        self._memory = store.load() if store else Memory()
+        self._saved_memory = self._memory
+        self._started: Counter[DiskKey] = Counter()
+        self._completed: Counter[DiskKey] = Counter()
+        self._failed: Counter[DiskKey] = Counter()
+        self._aborted: Counter[tuple[DiskKey, AbortReason]] = Counter()
+        self._events: dict[DiskKey, JobOutcome] = {}
+        self._vanished: dict[DiskKey, float] = {}
+        self._jobs: dict[DiskKey, BlockJob] = {}
+        self._rates: dict[DiskKey, float] = {}
+        self._samples: dict[DiskKey, tuple[int, float]] = {}
+        self._plan: Plan | None = None
+        self._dependents: dict[str, int] = {}
+        self._libvirt_up = False
+        self._connect_backoff = 0.0
+        self._down_since: float | None = None  # monotonic start of the current outage
+        self._down_warned = 0.0  # when the outage was last logged as a warning
+        self._host_refused = False
+        self._durations = HistogramAccumulator()
+        self._last_success: float | None = None
+        self._reload_ok = True
+        self._reload_success_at: float | None = clock.time()
+        self._policy_error: str | None = None
+        now = clock.monotonic()
+        self._next_full = now
+        self._next_progress = now + self._options.progress_interval
+        self._next_file_check = now + self._options.file_check_interval
+        self.snapshot: Snapshot = self._build_snapshot()
+        self._host.subscribe(self.inbox.put)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force: the last one that loaded."""
+        return self._source.policy
+
+    @property
+    def memory(self) -> Memory:
+        return self._memory
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, until: float | None = None) -> None:
+        """Reconcile until a Shutdown arrives, or until the clock's monotonic time `until`."""
+        self.step([])
+        self._notifier.ready()
+        while until is None or self._clock.monotonic() < until:
+            deadline = self.next_deadline() if until is None else min(self.next_deadline(), until)
+            first = self._clock.wait(self.inbox, deadline - self._clock.monotonic())
+            wakes = [first] if first is not None else []
+            wakes.extend(self._drain())
+            if any(isinstance(wake, Shutdown) for wake in wakes):
+                self.shutdown()
+                return
+            self.step(wakes)
+            self._notifier.watchdog()
+
+    def _drain(self) -> Iterable[Wake]:
+        while True:
+            try:
+                yield self.inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def next_deadline(self) -> float:
+        deadline = min(self._next_full, self._next_file_check)
+        if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
+            deadline = min(deadline, self._next_progress)
+        return deadline
+
+    def step(self, wakes: Iterable[Wake]) -> None:
+        """Handle the given wake-ups and whatever timers are due; one reconcile at most."""
+        full = False
+        for wake in wakes:
+            if isinstance(wake, JobEvent):
+                self._events[wake.key] = wake.outcome
+                full = True
+            elif isinstance(wake, LifecycleEvent):
+                full = True
+            elif isinstance(wake, ConnectionEvent):
+                self._libvirt_up = wake.up
+                self._connect_backoff = 0.0
+                full = True
+            elif isinstance(wake, Reload):
+                full |= self._reload()
+        # A timer is due when the clock reached it; the tolerance absorbs float rounding of
+        # deadlines derived from wall-clock instants (a window boundary must not be missed).
+        now = self._clock.monotonic() + TIMER_TOLERANCE
+        if now >= self._next_file_check:
+            self._next_file_check = now + self._options.file_check_interval
+            if self._source.changed_on_disk():
+                full |= self._reload()
+        if full or now >= self._next_full:
+            self._reconcile()
+        elif self._jobs and self._libvirt_up and now >= self._next_progress:
+            self._refresh_progress()
+
+    def shutdown(self) -> None:
+        self._notifier.stopping()
+        if self._options.abort_on_shutdown:
+            for key in sorted(self._memory.tracked):
+                self._apply(AbortPull(key, AbortReason.SHUTDOWN), None)
+        self._save_memory()
+        self.snapshot = self._build_snapshot()
+        self._host.close()
+
+    # -- policy -----------------------------------------------------------------------------
+
+    def _reload(self) -> bool:
+        self._notifier.reloading()
+        result = self._source.reload()
+        self._notifier.ready()
+        if result.error is not None:
+            self._reload_ok = False
+            self._policy_error = result.error
+            self.snapshot = self._build_snapshot()
+            return False
+        self._reload_ok = True
+        self._policy_error = None
+        self._reload_success_at = self._clock.time()
+        return result.changed
+
+    # -- reconcile --------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        started = self._clock.monotonic()
+        try:
+            observation = self._host.observe()
+        except HostError as error:
+            self._host_unreachable(error)
+            return
+        self._libvirt_up = True
+        self._connect_backoff = 0.0
+        if self._down_since is not None:
+            log.info("the host is reachable again after %.0f s", started - self._down_since)
+            self._down_since = None
+        epoch = self._clock.time()
+        self._settle(observation, epoch)
+        policy = self._source.policy
+        current = plan(observation, policy, now_of(self._clock), self._memory)
+        self._adopt(current, observation, epoch)
+        disks = observation.disks()
+        for action in current.actions:
+            self._apply(action, disks.get(action.key, (None, None))[1])
+        self._plan = current
+        self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
+        for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
+            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
+        self._measure_rates()
+        self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
+        self._save_memory()
+        finished = self._clock.monotonic()
+        self._durations.observe(finished - started)
+        self._last_success = self._clock.time()
+        self._schedule_after_reconcile(current, finished, bool(current.actions))
+        self.snapshot = self._build_snapshot()
+
+    def _host_unreachable(self, error: HostError) -> None:
+        now = self._clock.monotonic()
+        if self._down_since is None:
+            self._down_since = self._down_warned = now
+            log.warning(
+                "cannot observe the host: %s (trying again every %.0f s at most)",
+                error,
+                MAX_CONNECT_BACKOFF,
+            )
+        elif now - self._down_warned >= STILL_DOWN_WARNING_SECONDS:
+            self._down_warned = now
+            log.warning("cannot observe the host for %.0f s: %s", now - self._down_since, error)
+        else:
+            log.debug("cannot observe the host: %s", error)
+        self._libvirt_up = False
+        self._connect_backoff = min(max(1.0, self._connect_backoff * 2), MAX_CONNECT_BACKOFF)
+        self._next_full = now + self._connect_backoff
+        self.snapshot = self._build_snapshot()
+
+    def _schedule_after_reconcile(self, current: Plan, now: float, acted: bool) -> None:
+        deadline = now + self._options.resync_interval
+        if current.next_wake is not None:
+            deadline = min(deadline, now + current.next_wake.timestamp() - self._clock.time())
+        if self._vanished:
+            grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
+            deadline = min(deadline, now + grace_end - self._clock.time())
+        if self._host_refused:  # the host changed under an action: look again soon
+            deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
+            self._host_refused = False
+        # Never a timer in the past or within float rounding of now: that would spin.
+        self._next_full = max(deadline, now + MIN_TIMER_SECONDS)
+        # Right after acting, read the new jobs' progress soon rather than a full interval later.
+        self._next_progress = now + (0.0 if acted else self._options.progress_interval)
+
+    def _settle(self, observation: Observation, epoch: float) -> None:
+        result = settle(self._memory.tracked, observation, self._events, self._vanished, epoch)
+        disks = observation.disks()
+        for outcome in result.outcomes:
+            self._record(outcome, disks.get(outcome.key, (None, None))[1], epoch)
+        self._vanished = dict(result.unsettled)
+        self._events = {k: v for k, v in self._events.items() if k in self._vanished}
+
+    def _record(self, outcome: Outcome, disk: Disk | None, epoch: float) -> None:
+        key = outcome.key
+        self._memory = self._memory.without_tracked(key)
+        if outcome.kind is OutcomeKind.COMPLETED:
+            self._completed[key] += 1
+            self._memory = self._memory.with_success(key)
+            log.info("pull of %s completed", key)
+        elif outcome.kind is OutcomeKind.FAILED:
+            self._count_failure(key, disk, epoch)
+            last = self._jobs.get(key)
+            log.warning(
+                "pull of %s failed at %s of %s bytes, chain %s (libvirt gives no reason: "
+                "check the backing images are reachable and the overlay has room)",
+                key,
+                last.cur if last else "?",
+                last.end if last else "?",
+                " <- ".join(disk.chain) if disk else "?",
+            )
+        else:
+            assert outcome.reason is not None
+            self._aborted[(key, outcome.reason)] += 1
+            log.info("pull of %s ended without completing: %s", key, outcome.reason)
+
+    def _count_failure(self, key: DiskKey, disk: Disk | None, epoch: float) -> None:
+        fingerprint = disk.fingerprint if disk is not None else ""
+        self._failed[key] += 1
+        self._memory = self._memory.with_failure(
+            key, epoch, fingerprint, self._source.policy.fingerprint
+        )
+
+    def _adopt(self, current: Plan, observation: Observation, epoch: float) -> None:
+        """A selected disk already pulling (by hand, or before a restart) is tracked, once."""
+        disks = observation.disks()
+        for decision in current.decisions:
+            if decision.state is not DiskState.PULLING or decision.key in self._memory.tracked:
+                continue
+            _, disk = disks[decision.key]
+            if disk.job is None:  # about to be started by this plan
+                continue
+            self._memory = self._memory.with_tracked(
+                decision.key, TrackedJob(base=None, started_at=epoch, chain_before=disk.chain)
+            )
+            self._started[decision.key] += 1
+            log.info("adopted a pull already running on %s", decision.key)
+
+    def _apply(self, action: Action, disk: Disk | None) -> None:
+        try:
+            if isinstance(action, StartPull):
+                self._host.start_pull(action.key, action.base, action.bandwidth)
+                chain = disk.chain if disk is not None else ()
+                self._memory = self._memory.with_tracked(
+                    action.key, TrackedJob(action.base, self._clock.time(), chain)
+                )
+                self._started[action.key] += 1
+                log.info("started pull of %s: %s", action.key, action.reason)
+            elif isinstance(action, SetSpeed):
+                self._host.set_speed(action.key, action.bandwidth)
+            else:
+                self._host.abort(action.key)
+                if action.key in self._memory.tracked:
+                    self._memory = self._memory.without_tracked(action.key)
+                    self._aborted[(action.key, action.reason)] += 1
+                log.info("aborted pull of %s: %s", action.key, action.reason)
+        except HostError as error:
+            # A job that ended between the observation and the action is no cause for alarm.
+            level = logging.INFO if error.reason is ErrorReason.NO_JOB else logging.WARNING
+            log.log(level, "%s on %s failed: %s", type(action).__name__, action.key, error)
+            self._host_refused = True
+            if isinstance(action, StartPull) and error.reason not in RACE_REASONS:
+                self._count_failure(action.key, disk, self._clock.time())
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def _refresh_progress(self) -> None:
+        now = self._clock.monotonic()
+        self._next_progress = now + self._options.progress_interval
+        try:
+            fresh = self._host.refresh_jobs(sorted(self._jobs))
+        except HostError as error:
+            self._host_unreachable(error)
+            return
+        vanished = False
+        for key, job in fresh.items():
+            if job is None:
+                self._jobs.pop(key, None)
+                vanished = True
+            else:
+                self._jobs[key] = job
+        self._measure_rates()
+        if vanished:  # a job ended: settle it from the chain now, events or not
+            self._reconcile()
+        else:
+            self.snapshot = self._build_snapshot()
+
+    def _measure_rates(self) -> None:
+        """Measure each job's rate from its cursor between two reads; drop finished jobs."""
+        now = self._clock.monotonic()
+        rates: dict[DiskKey, float] = {}
+        samples: dict[DiskKey, tuple[int, float]] = {}
+        for key, job in self._jobs.items():
+            previous = self._samples.get(key)
+            if previous is not None and now > previous[1] and job.cur >= previous[0]:
+                rates[key] = (job.cur - previous[0]) / (now - previous[1])
+                samples[key] = (job.cur, now) if now - previous[1] >= 1.0 else previous
+            else:
+                samples[key] = (job.cur, now)
+                if key in self._rates:
+                    rates[key] = self._rates[key]
+        self._rates, self._samples = rates, samples
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def _save_memory(self) -> None:
+        if self._store is not None and self._memory != self._saved_memory:
+            self._store.save(self._memory)
+            self._saved_memory = self._memory
+
+    def _build_snapshot(self) -> Snapshot:
+        policy = self._source.policy
+        tracked = self._memory.tracked
+        return Snapshot(
+            taken_at=self._clock.time(),
+            libvirt_up=self._libvirt_up,
+            plan=self._plan,
+            jobs=tuple(
+                JobProgress(key, job, self._rates.get(key), key in tracked)
+                for key, job in sorted(self._jobs.items())
+            ),
+            counters=Counters(
+                started=dict(self._started),
+                completed=dict(self._completed),
+                failed=dict(self._failed),
+                aborted=dict(self._aborted),
+            ),
+            backing_dependents=self._dependents,
+            window_names=tuple(w.name for w in policy.windows),
+            rule_names=tuple(r.name for r in policy.rules),
+            policy_source=str(self._source.path),
+            policy_reload_ok=self._reload_ok,
+            policy_reload_success_at=self._reload_success_at,
+            policy_error=self._policy_error,
+            reconcile_duration=self._durations.freeze(),
+            last_reconcile_success_at=self._last_success,
+        )

@@ -1,0 +1,1 @@
+"""The real host: libvirt-python against a libvirtd."""

@@ -1,0 +1,1 @@
+"""The simulated host: an in-memory libvirt for tests, benchmarks and the demo."""

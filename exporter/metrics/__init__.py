@@ -1,0 +1,1 @@
+"""Prometheus metrics rendered from the published snapshot."""

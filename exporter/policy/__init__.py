@@ -1,0 +1,1 @@
+"""The policy layer: its values, units, file loader and the daemon's policy source."""

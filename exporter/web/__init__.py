@@ -1,0 +1,1 @@
+"""The HTTP(S) endpoint: server, basic auth, landing page and the web config file."""
