@@ -41,18 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resync.interval",
         dest="resync_interval",
-        type=float,
+        type=cli_options.seconds_between(1, 86400),
         default=30.0,
         metavar="SECONDS",
-        help="full re-read of the host even without events (default: 30)",
+        help="full re-read of the host even without events, 1 to 86400 (default: 30)",
     )
     parser.add_argument(
         "--progress.interval",
         dest="progress_interval",
-        type=float,
+        type=cli_options.seconds_between(0.1, 3600),
         default=2.0,
         metavar="SECONDS",
-        help="refresh of running pulls' progress (default: 2)",
+        help="refresh of running pulls' progress, 0.1 to 3600 (default: 2)",
     )
     parser.add_argument(
         "--shutdown.abort-pulls",
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort the daemon's running pulls on exit (default: leave them running; "
         "they are adopted on the next start)",
     )
-    cli_options.add_log_level(parser)
+    cli_options.add_logging(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -76,7 +76,7 @@ def main(args: argparse.Namespace) -> int:
     from exporter.web.config import WebConfigError, load_web_config
     from exporter.web.server import WebServer
 
-    cli_options.setup_logging(args.log_level)
+    cli_options.setup_logging(args)
     try:
         source = PolicySource(args.policy_file)
     except PolicyError as error:

@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument(
         "--interval",
-        type=float,
+        type=cli_options.seconds_between(0.1, 3600),
         default=2.0,
         metavar="SECONDS",
-        help="seconds between redraws with --watch (default: 2)",
+        help="seconds between redraws with --watch, 0.1 to 3600 (default: 2)",
     )
 
 
