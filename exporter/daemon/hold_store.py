@@ -155,6 +155,10 @@ class HoldStore:
             try:
                 _give_to_owner(lock, directory)
                 fcntl.flock(lock, fcntl.LOCK_EX)
+            except OSError as error:
+                os.close(lock)
+                raise HoldFileError(f"{self.directory / LOCK_FILE}: {_why(error)}") from None
+            try:
                 current = self._read_in(directory) or ()
                 kept = tuple(h for h in current if h.in_force(now))
                 self._write_in(directory, change(kept))
@@ -176,7 +180,10 @@ class HoldStore:
             yield None
             return
         except OSError as error:
-            raise HoldFileError(f"{self.directory}: {_why(error)}") from None
+            # O_DIRECTORY answers ENOTDIR for a symlink before O_NOFOLLOW answers ELOOP.
+            link = self.directory.is_symlink()
+            why = _why(OSError(errno.ELOOP, "")) if link else _why(error)
+            raise HoldFileError(f"{self.directory}: {why}") from None
         try:
             yield directory
         finally:
