@@ -32,6 +32,12 @@ _RATE_FORMS = (
     'or "unlimited"'
 )
 
+_SIZE_RE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)\s?(?P<unit>[A-Za-z]+)$")
+_SIZE_FORMS = (
+    'a size is a number with a unit, like "20GiB", "500MB" or "1.5TiB" (units B, KB/kB, MB, GB, '
+    "TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024)"
+)
+
 _DURATION_UNITS: dict[str, int] = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([dhms])")
 _DURATION_FORMS = (
@@ -55,6 +61,24 @@ def parse_size_rate(text: str) -> int | None:
     if unit not in _RATE_UNITS:
         raise ValueError(f"unknown unit {unit!r} in {text!r}; {_RATE_FORMS}")
     return int(float(match.group("number")) * _RATE_UNITS[unit])
+
+
+def parse_size(text: str) -> int:
+    """Bytes for `text` such as `20GiB` or `500MB`; rounds down to whole bytes."""
+    stripped = text.strip()
+    match = _SIZE_RE.match(stripped)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size; {_SIZE_FORMS}")
+    unit = match.group("unit")
+    if unit not in _RATE_UNITS:
+        raise ValueError(f"unknown unit {unit!r} in {text!r}; {_SIZE_FORMS}")
+    return int(float(match.group("number")) * _RATE_UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes for humans: exact multiples keep their unit ("20GiB"), others one decimal in the
+    largest fitting IEC unit ("9.5MiB")."""
+    return format_bytes_rate(size).removesuffix("/s")
 
 
 def parse_duration(text: str) -> float:
