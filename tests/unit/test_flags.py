@@ -45,3 +45,19 @@ def test_an_unknown_log_format_exits_2_naming_the_flag(tmp_path, capsys):
         main(run_with(tmp_path, "--log.format", "xml"))
     assert exited.value.code == 2
     assert "argument --log.format:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["9855", "::1:9855", "host:99999", "host:port"])
+def test_a_bad_listen_address_exits_2_naming_the_flag(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exited:
+        main(run_with(tmp_path, "--web.listen-address", value))
+    assert exited.value.code == 2
+    assert "argument --web.listen-address:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "status", "plan"])
+def test_a_relative_sim_uri_exits_2_naming_the_flag(capsys, command):
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--policy.file", "p.yaml", "--libvirt.uri", "sim://x.json"])
+    assert exited.value.code == 2
+    assert "argument --libvirt.uri:" in capsys.readouterr().err
