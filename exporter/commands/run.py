@@ -18,6 +18,16 @@ from exporter.commands import options as cli_options
 log = logging.getLogger(__name__)
 
 
+def _listen_address(text: str) -> str:
+    from exporter.web.server import ListenAddressError, parse_listen_address
+
+    try:
+        parse_listen_address(text)
+    except ListenAddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from exporter.web.server import DEFAULT_LISTEN_ADDRESS
 
@@ -27,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--web.listen-address",
         dest="listen_address",
         default=DEFAULT_LISTEN_ADDRESS,
+        type=_listen_address,
         metavar="ADDRESS",
         help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS})",
     )
