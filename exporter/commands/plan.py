@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from exporter.commands import options as cli_options
 from exporter.core.decisions import AbortPull, Action, Plan, SetSpeed, StartPull
+from exporter.core.holds import NO_HOLDS, HoldSet
+from exporter.core.space import SpaceCheck
 from exporter.policy.values import Budget
 
 
@@ -19,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from exporter.core.clock import SystemClock, now_of
     from exporter.core.model import HostError
-    from exporter.core.planner import plan
+    from exporter.daemon.hold_store import HoldStore
+    from exporter.daemon.planning import plan_reading_domains
     from exporter.daemon.state_store import StateStore
     from exporter.hosts import open_host
     from exporter.policy.loader import PolicyError, load_policy
@@ -30,16 +34,18 @@ def main(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     clock = SystemClock()
+    memory = StateStore(args.state_dir).load_readonly()
+    holds = HoldStore(args.state_dir).read()
     host = open_host(args.libvirt_uri, clock)
     try:
         observation = host.observe()
+        result, _ = plan_reading_domains(host, observation, policy, now_of(clock), memory, holds)
     except HostError as error:
         print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
         return 1
     finally:
         host.close()
-    memory = StateStore(args.state_dir).load_readonly()
-    print(describe(plan(observation, policy, now_of(clock), memory), str(args.policy_file)))
+    print(describe(result, str(args.policy_file), holds, clock.time()))
     return 0
 
 
@@ -48,6 +54,18 @@ def describe_budget(budget: Budget) -> str:
 
     rate = "unlimited" if budget.bandwidth is None else format_bytes_rate(budget.bandwidth)
     return f"{rate}, {budget.max_concurrent} at once"
+
+
+def space_lines(checks: Sequence[SpaceCheck]) -> list[str]:
+    """Each file system the min_free guard watches: free, the floor, what pulls may still take."""
+    from exporter.policy.units import format_size
+
+    return [
+        f"file system {c.mountpoint}: {format_size(c.free)} free of {format_size(c.size)}, "
+        f"min_free keeps {format_size(c.floor)}, running pulls may write "
+        f"{format_size(c.reserved)} more"
+        for c in checks
+    ]
 
 
 def describe_action(action: Action) -> str:
@@ -62,12 +80,15 @@ def describe_action(action: Action) -> str:
     return f"start pull of {action.key} at {speed}: {action.reason}"
 
 
-def describe(result: Plan, source: str) -> str:
+def describe(result: Plan, source: str, holds: HoldSet = NO_HOLDS, now: float = 0.0) -> str:
+    from exporter.commands.holds import holds_lines
     from exporter.commands.table import render_table
 
     windows = ", ".join(sorted(result.open_windows)) or "none"
     lines = [
         f"policy {source}; open windows: {windows}; budget: {describe_budget(result.budget)}",
+        *holds_lines(holds, now),
+        *space_lines(result.space),
         "",
         render_table(
             ("DOMAIN", "DISK", "RULE", "STATE", "REASON"),

@@ -64,3 +64,6 @@ class HoldSet:
     def _everything(self) -> Hold:
         reason = f"the holds file is unreadable ({self.error}); every domain is held"
         return Hold(EVERY_DOMAIN, 0.0, math.inf, reason, "-")
+
+
+NO_HOLDS = HoldSet()

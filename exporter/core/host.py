@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from exporter.core.model import BlockJob, DiskKey, HostEvent, Observation
+from exporter.core.model import BlockJob, DiskKey, HostEvent, Inspection, Observation
 
 EventSink = Callable[[HostEvent], None]
 
@@ -24,6 +24,14 @@ class Host(Protocol):
 
     def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
         """Progress of the named disks' jobs only: cost in proportion to `keys`."""
+        ...
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        """Read the named domains in full, right before a pull may start there: the block job
+        of every disk and what each backing chain holds. A domain gone meanwhile is left out.
+
+        Raises HostError(CONNECTION) when the host cannot be reached.
+        """
         ...
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:

@@ -70,9 +70,21 @@ from exporter.core.decisions import (
     SetSpeed,
     StartPull,
 )
-from exporter.core.memory import Memory
-from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
+from exporter.core.holds import NO_HOLDS, Hold, HoldSet
+from exporter.core.memory import Failures, Memory
+from exporter.core.model import (
+    BlockJob,
+    Disk,
+    DiskKey,
+    Domain,
+    DomainState,
+    FileSystem,
+    JobType,
+    Observation,
+)
 from exporter.core.selection import CompiledRule, first_match, selector_for
+from exporter.core.space import SpaceLedger, still_to_write
+from exporter.core.starts import Candidate, choose_starts
 from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
 
 __all__ = ["backoff_delay", "plan"]
@@ -84,8 +96,8 @@ class _Role(Enum):
     NONE = "none"  # no job and nothing to start
     FOREIGN = "foreign"  # a job the planner never touches; takes a slot and its bandwidth
     MANAGED = "managed"  # a pull the planner owns: keep, throttle or abort
-    CLOSE = "close"  # a managed pull to abort because its windows closed (pause)
-    CANDIDATE = "candidate"  # may start if slots and bandwidth allow
+    ABORT = "abort"  # a pull of the daemon's to abort now, for `_Triage.abort`
+    CANDIDATE = "candidate"  # may start if slots, bandwidth, its domain and free space allow
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,8 @@ class _Triage:
     job: BlockJob | None
     base: str | None  # keep_base image for a candidate's StartPull
     rule_open: bool
+    disk: Disk
+    abort: AbortReason | None = None  # for _Role.ABORT
 
     @property
     def order(self) -> tuple[int, str, str]:
@@ -129,6 +143,8 @@ class _Context:
     now_ts: float
     tz: tzinfo | None
     memory: Memory
+    holds: HoldSet
+    space: SpaceLedger
 
 
 def backoff_delay(retry: Retry, count: int) -> float:
@@ -146,15 +162,39 @@ def _datetime_at(ts: float, tz: tzinfo | None) -> datetime:
         return datetime.max.replace(tzinfo=tz)
 
 
-def _effective_failures(ctx: _Context, key: DiskKey, disk: Disk) -> tuple[int, float]:
-    failures = ctx.memory.failures.get(key)
-    if failures is None:
+def _effective(ctx: _Context, found: Failures | None, disk: Disk) -> tuple[int, float]:
+    """A record's count and time, if it is about this disk under this policy (else 0)."""
+    if found is None:
         return 0, 0.0
-    if failures.disk_fingerprint != disk.fingerprint:
+    if found.disk_fingerprint != disk.fingerprint:
         return 0, 0.0
-    if failures.policy_fingerprint != ctx.policy.fingerprint:
+    if found.policy_fingerprint != ctx.policy.fingerprint:
         return 0, 0.0
-    return failures.count, failures.last_failure_at
+    return found.count, found.last_failure_at
+
+
+def _backoff(ctx: _Context, key: DiskKey, disk: Disk, failures: tuple[int, float]) -> _Wait:
+    """Until when the disk waits after failures and after pulls others aborted, and why."""
+    retry = ctx.policy.defaults.retry
+    count, last_failure = failures
+    until, why = 0.0, ""
+    if count > 0:
+        until = last_failure + backoff_delay(retry, count)
+        why = f"failed {count} time(s); waiting before the next attempt"
+    aborted, last_abort = _effective(ctx, ctx.memory.interruptions.get(key), disk)
+    if aborted > 0 and last_abort + backoff_delay(retry, aborted) > until:
+        until = last_abort + backoff_delay(retry, aborted)
+        why = (
+            f"its pull was aborted by someone else {aborted} time(s); "
+            "waiting before the next attempt"
+        )
+    return _Wait(until, why)
+
+
+@dataclass(frozen=True)
+class _Wait:
+    until: float  # epoch seconds; 0 = no wait
+    why: str
 
 
 def _unsupported(disk: Disk) -> str | None:
@@ -168,14 +208,21 @@ def _unsupported(disk: Disk) -> str | None:
 
 
 def _triage(
-    ctx: _Context, domain: Domain, disk: Disk, match: CompiledRule | None, is_open: bool
+    ctx: _Context,
+    domain: Domain,
+    disk: Disk,
+    match: CompiledRule | None,
+    is_open: bool,
+    held: Hold | None,
 ) -> _Triage:
     key = DiskKey(domain.name, disk.target)
     rule = match.rule if match is not None else None
-    count, last_failure = _effective_failures(ctx, key, disk)
+    failures = _effective(ctx, ctx.memory.failures.get(key), disk)
+    count = failures[0]
     job = disk.job
     # Without a pull rule a job is foreign and the disk is never touched.
     untouched = _Role.FOREIGN if job is not None else _Role.NONE
+    pulling = job is not None and job.type is JobType.PULL
 
     def triage(
         state: DiskState,
@@ -183,16 +230,20 @@ def _triage(
         role: _Role = untouched,
         base: str | None = None,
         next_attempt_at: datetime | None = None,
+        abort: AbortReason | None = None,
     ) -> _Triage:
         return _Triage(
             key, rule, state, reason, len(disk.chain), count, next_attempt_at, role, job, base,
-            is_open,
+            is_open, disk, abort,
         )  # fmt: skip
 
-    if match is None or rule is None:
-        return triage(DiskState.IGNORED, "no rule selects this disk")
-    if rule.action is RuleAction.IGNORE:
-        return triage(DiskState.IGNORED, f"rule {rule.name} ignores this disk")
+    if match is None or rule is None or rule.action is RuleAction.IGNORE:
+        why = "no rule selects this disk" if rule is None else f"rule {rule.name} ignores this disk"
+        if pulling and key in ctx.memory.tracked:  # the daemon's own pull, deselected by a reload
+            return triage(
+                DiskState.IGNORED, f"pull aborted: {why}", _Role.ABORT, abort=AbortReason.DESELECTED
+            )
+        return triage(DiskState.IGNORED, why)
     if not domain.state.can_run_jobs:
         if domain.state is DomainState.SHUTOFF:
             why = "domain is shut off; libvirt pulls only running domains"
@@ -214,7 +265,22 @@ def _triage(
         # Its pull just vanished and the chain does not show completion yet (libvirt drops
         # the job before it rewrites the chain): starting again now would pull twice.
         return triage(DiskState.PENDING, "waiting for the outcome of its last pull")
+    if held is not None:
+        until = _datetime_at(held.until, ctx.tz).isoformat(timespec="seconds")
+        why = f"{held.describe()}, until {until}"
+        if pulling:
+            return triage(
+                DiskState.HELD, f"pull aborted: {why}", _Role.ABORT, abort=AbortReason.HELD
+            )
+        return triage(DiskState.HELD, why)
     if job is not None and job.type is JobType.PULL:
+        fs = ctx.space.file_system(disk)
+        if isinstance(fs, FileSystem) and ctx.space.below_floor(fs):
+            why = (
+                f"pull aborted: {fs.mountpoint} fell below min_free "
+                f"{ctx.policy.defaults.min_free} (something else filled it)"
+            )
+            return triage(DiskState.WAITING_SPACE, why, _Role.ABORT, abort=AbortReason.LOW_SPACE)
         if is_open:
             return triage(DiskState.PULLING, "pulling", _Role.MANAGED)
         if ctx.policy.defaults.outside_windows is OutsideWindows.PAUSE:
@@ -222,7 +288,9 @@ def _triage(
                 f"pull aborted: the windows of rule {rule.name} are closed "
                 "(outside_windows: pause); it resumes when one opens"
             )
-            return triage(DiskState.WAITING_WINDOW, why, _Role.CLOSE)
+            return triage(
+                DiskState.WAITING_WINDOW, why, _Role.ABORT, abort=AbortReason.WINDOW_CLOSED
+            )
         why = (
             f"pulling; the windows of rule {rule.name} are closed and the pull finishes "
             "outside them (outside_windows: finish)"
@@ -234,11 +302,10 @@ def _triage(
     if count >= retry.max_attempts:
         why = f"gave up after {count} failed attempts; waits for a disk or policy change"
         return triage(DiskState.GAVE_UP, why)
-    if count > 0:
-        retry_at = last_failure + backoff_delay(retry, count)
-        if ctx.now_ts < retry_at:
-            why = f"failed {count} time(s); waiting before the next attempt"
-            return triage(DiskState.BACKOFF, why, next_attempt_at=_datetime_at(retry_at, ctx.tz))
+    wait = _backoff(ctx, key, disk, failures)
+    if ctx.now_ts < wait.until:
+        retry_at = _datetime_at(wait.until, ctx.tz)
+        return triage(DiskState.BACKOFF, wait.why, next_attempt_at=retry_at)
     if not is_open:
         names = ", ".join(rule.windows)
         return triage(DiskState.WAITING_WINDOW, f"none of the windows {names} is open")
@@ -251,10 +318,11 @@ def _triage_all(ctx: _Context, observation: Observation) -> list[_Triage]:
     out: list[_Triage] = []
     for domain in observation.domains:
         rules = selector.for_domain(domain.name)
+        held = ctx.holds.holding(domain.name, ctx.now_ts)
         for disk in domain.disks:
             match = first_match(rules, disk)
             is_open = opened[match.rule.name] if match is not None else False
-            out.append(_triage(ctx, domain, disk, match, is_open))
+            out.append(_triage(ctx, domain, disk, match, is_open, held))
     return out
 
 
@@ -288,55 +356,88 @@ def _start_reason(item: _Triage) -> str:
     return f"rule {rule}: pull down to {item.base}"
 
 
-def _next_wake(policy: Policy, now: datetime, decisions: Iterable[DiskDecision]) -> datetime | None:
+def _next_wake(
+    policy: Policy, now: datetime, decisions: Iterable[DiskDecision], hold_ends: float | None
+) -> datetime | None:
     times = [d.next_attempt_at for d in decisions if d.state is DiskState.BACKOFF]
     boundary = schedule.next_boundary(policy, now)
-    candidates = [t for t in (*times, boundary) if t is not None]
+    hold_end = _datetime_at(hold_ends, now.tzinfo) if hold_ends is not None else None
+    candidates = [t for t in (*times, boundary, hold_end) if t is not None]
     return min(candidates) if candidates else None
 
 
-def _one_pull_per_domain(triaged: list[_Triage]) -> tuple[list[_Triage], list[_Triage]]:
-    """Candidates in order, at most one per domain and none where a pull already runs.
+def _busy_domains(triaged: list[_Triage]) -> dict[str, str]:
+    """Domains where a block job runs, and why a candidate there waits.
 
     QEMU 7.2 (Debian 12) segfaults, killing the guest, when two block-stream jobs of one
     domain finish at about the same moment; equal shares make that likely. One pull per
-    domain at a time rules it out, at no cost to the host-wide throughput.
+    domain at a time rules it out, at no cost to the host-wide throughput; and a domain where
+    somebody else runs a job of any kind is left to him until it ends.
     """
-    busy = {t.key.domain for t in triaged if t.job is not None and t.job.type is JobType.PULL}
-    chosen: list[_Triage] = []
-    deferred: list[_Triage] = []
-    for item in sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order):
-        if item.key.domain in busy:
-            deferred.append(item)
+    busy: dict[str, str] = {}
+    for item in triaged:
+        job = item.job
+        if job is None or item.key.domain in busy:
+            continue
+        if job.type is JobType.PULL:
+            busy[item.key.domain] = "another disk of this domain is pulling; one pull per domain"
         else:
-            chosen.append(item)
-            busy.add(item.key.domain)
-    return chosen, deferred
+            busy[item.key.domain] = f"another disk of this domain runs a {job.type} job"
+    return busy
 
 
-def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory) -> Plan:
+def _reserve_running(ctx: _Context, triaged: list[_Triage]) -> None:
+    """What the pulls that keep running may still write, on their file systems."""
+    for item in triaged:
+        job = item.job
+        if job is None or job.type is not JobType.PULL or item.role is _Role.ABORT:
+            continue
+        fs = ctx.space.file_system(item.disk)
+        if isinstance(fs, FileSystem):
+            tracked = ctx.memory.tracked.get(item.key)
+            ctx.space.reserve(fs, still_to_write(job, tracked.growth if tracked else None))
+
+
+def plan(
+    observation: Observation,
+    policy: Policy,
+    now: datetime,
+    memory: Memory,
+    *,
+    holds: HoldSet = NO_HOLDS,
+) -> Plan:
     """What to do on the host now, and a state with a reason for every disk."""
     open_windows = schedule.open_windows(policy, now)
     budget = schedule.budget_at(policy, open_windows)
-    ctx = _Context(policy, open_windows, now.timestamp(), now.tzinfo, memory)
+    space = SpaceLedger(observation, policy.defaults.min_free)
+    ctx = _Context(policy, open_windows, now.timestamp(), now.tzinfo, memory, holds, space)
     triaged = _triage_all(ctx, observation)
+    _reserve_running(ctx, triaged)
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    candidates, same_domain = _one_pull_per_domain(triaged)
+    candidates = sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order)
     alloc = allocate(budget, foreign, len(managed), len(candidates))
+    chosen = choose_starts(
+        [Candidate(t.key, t.disk, t.base) for t in candidates],
+        _busy_domains(triaged),
+        alloc.start,
+        observation,
+        space,
+        _pending_reason(budget, alloc),
+    )
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
-    started = candidates[: alloc.start]
-    share = alloc.share
-    pulls = len(kept) + len(started)
+    share = allocate(budget, foreign, len(managed), len(chosen.started)).share
+    pulls = len(kept) + len(chosen.started)
 
+    by_key = {t.key: t for t in candidates}
     decided: dict[DiskKey, DiskDecision] = {}
     aborts: list[AbortPull] = []
     cuts: list[SetSpeed] = []
     raises: list[SetSpeed] = []
     for item in triaged:
-        if item.role is _Role.CLOSE:
-            aborts.append(AbortPull(item.key, AbortReason.WINDOW_CLOSED))
+        if item.role is _Role.ABORT and item.abort is not None:
+            aborts.append(AbortPull(item.key, item.abort))
     too_many = len(managed) + len(foreign) > budget.max_concurrent
     for item in over:
         aborts.append(AbortPull(item.key, AbortReason.OVER_BUDGET))
@@ -351,15 +452,13 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
         if current != share:
             speed = SetSpeed(item.key, share, _speed_reason(budget, pulls))
             (cuts if _is_lower(share, current) else raises).append(speed)
-    starts = [StartPull(t.key, t.base, share, _start_reason(t)) for t in started]
-    for item in started:
+    starts = []
+    for start in chosen.started:
+        item = by_key[start.candidate.key]
+        starts.append(StartPull(item.key, item.base, share, _start_reason(item), start.growth))
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
-    waiting = _pending_reason(budget, alloc)
-    for item in candidates[alloc.start :]:
-        decided[item.key] = item.decided(DiskState.PENDING, waiting)
-    for item in same_domain:
-        why = "another disk of this domain is pulling; one pull per domain at a time"
-        decided[item.key] = item.decided(DiskState.PENDING, why)
+    for wait in chosen.waiting:
+        decided[wait.key] = by_key[wait.key].decided(wait.state, wait.reason)
 
     decisions = tuple(
         sorted(
@@ -378,5 +477,8 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
         decisions=decisions,
         budget=budget,
         open_windows=open_windows,
-        next_wake=_next_wake(policy, now, decisions),
+        next_wake=_next_wake(policy, now, decisions, holds.next_expiry(ctx.now_ts)),
+        inspect=chosen.inspect,
+        space=space.checks(),
+        pull_bandwidth=share,
     )

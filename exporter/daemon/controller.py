@@ -1,9 +1,15 @@
 """The controller: the daemon's only loop.
 
-It wakes on a host event, a timer, a window boundary, a policy reload or a signal; observes the
-host; settles the outcome of tracked pulls from the re-read chain; plans; acts; publishes an
-immutable snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or
-a libvirtd restart costs a resync and nothing else.
+It wakes on a host event, a timer, a window boundary, a policy reload, a changed holds file or
+a signal; observes the host; settles the outcome of tracked pulls from the re-read chain; plans
+(reading in full the domains where a pull may start: `exporter.daemon.planning`); acts;
+publishes an immutable snapshot. Level-triggered: events only wake it, so a lost event, a
+daemon restart or a libvirtd restart costs a resync and nothing else.
+
+Other hands on the same disks are respected: a pull of the daemon's that somebody aborted backs
+off like a failure (`Memory.interruptions`); a speed somebody set by hand is put back at the next
+progress refresh, which notices it and reconciles; holds (`exporter.daemon.hold_store`) are
+checked every `holds_check_interval` (a stat) and take effect at once.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from exporter.core.decisions import (
     SetSpeed,
     StartPull,
 )
+from exporter.core.holds import HoldSet
 from exporter.core.host import Host
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
@@ -42,8 +49,9 @@ from exporter.core.model import (
     Observation,
 )
 from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
-from exporter.core.planner import plan
 from exporter.daemon.histogram import HistogramAccumulator
+from exporter.daemon.hold_store import HoldStore, Stamp
+from exporter.daemon.planning import needs_another_look, plan_reading_domains
 from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
 from exporter.daemon.state_store import StateStore
 from exporter.policy.source import PolicySource
@@ -104,6 +112,7 @@ class ControllerOptions:
     resync_interval: float = 30.0  # full observe even without events (catches hand-made jobs)
     progress_interval: float = 2.0  # refresh of running jobs' progress only
     file_check_interval: float = 1.0  # policy file changed on disk?
+    holds_check_interval: float = 0.25  # holds file changed? (a stat: a hold acts within 1 s)
     abort_on_shutdown: bool = False  # default: leave pulls running; they are adopted on restart
 
 
@@ -116,6 +125,7 @@ class Controller:
         store: StateStore | None = None,
         options: ControllerOptions | None = None,
         notifier: Notifier | None = None,
+        holds: HoldStore | None = None,
     ) -> None:
         self._host = host
         self._source = source
@@ -147,10 +157,14 @@ class Controller:
         self._reload_ok = True
         self._reload_success_at: float | None = clock.time()
         self._policy_error: str | None = None
+        self._hold_store = holds
+        self._holds_stamp: Stamp = holds.stamp() if holds else None
+        self._holds = holds.read() if holds else HoldSet()
         now = clock.monotonic()
         self._next_full = now
         self._next_progress = now + self._options.progress_interval
         self._next_file_check = now + self._options.file_check_interval
+        self._next_holds_check = now + self._options.holds_check_interval
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
 
@@ -189,6 +203,8 @@ class Controller:
 
     def next_deadline(self) -> float:
         deadline = min(self._next_full, self._next_file_check)
+        if self._hold_store is not None:
+            deadline = min(deadline, self._next_holds_check)
         if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
             deadline = min(deadline, self._next_progress)
         return deadline
@@ -215,6 +231,9 @@ class Controller:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():
                 full |= self._reload()
+        if self._hold_store is not None and now >= self._next_holds_check:
+            self._next_holds_check = now + self._options.holds_check_interval
+            full |= self._reread_holds(self._hold_store)
         if full or now >= self._next_full:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
@@ -244,6 +263,21 @@ class Controller:
         self.snapshot = self._build_snapshot()
         return result.changed
 
+    # -- holds ------------------------------------------------------------------------------
+
+    def _reread_holds(self, store: HoldStore) -> bool:
+        stamp = store.stamp()
+        if stamp == self._holds_stamp:
+            return False
+        self._holds_stamp = stamp
+        holds = store.read()
+        if holds.error is not None and holds.error != self._holds.error:
+            log.error("every domain is held: %s", holds.error)
+        elif holds != self._holds:
+            log.info("holds changed: %d in force", len(holds.in_force(self._clock.time())))
+        self._holds = holds
+        return True
+
     # -- reconcile --------------------------------------------------------------------------
 
     def _reconcile(self) -> None:
@@ -260,8 +294,15 @@ class Controller:
             self._down_since = None
         epoch = self._clock.time()
         self._settle(observation, epoch)
+        self._forget_gone_domains(observation)
         policy = self._source.policy
-        current = plan(observation, policy, now_of(self._clock), self._memory)
+        try:
+            current, observation = plan_reading_domains(
+                self._host, observation, policy, now_of(self._clock), self._memory, self._holds
+            )
+        except HostError as error:
+            self._host_unreachable(error)
+            return
         self._adopt(current, observation, epoch)
         disks = observation.disks()
         for action in current.actions:
@@ -305,7 +346,7 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
-        if self._host_refused:  # the host changed under an action: look again soon
+        if self._host_refused or needs_another_look(current):  # look again soon
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
             self._host_refused = False
         # Never a timer in the past or within float rounding of now: that would spin.
@@ -342,7 +383,22 @@ class Controller:
         else:
             assert outcome.reason is not None
             self._aborted[(key, outcome.reason)] += 1
+            if outcome.reason is AbortReason.EXTERNAL:  # respected: backs off like a failure
+                fingerprint = disk.fingerprint if disk is not None else ""
+                policy_fp = self._source.policy.fingerprint
+                self._memory = self._memory.with_interruption(key, epoch, fingerprint, policy_fp)
             log.info("pull of %s ended without completing: %s", key, outcome.reason)
+
+    def _forget_gone_domains(self, observation: Observation) -> None:
+        """Series and memories of domains that no longer exist (undefined, renamed) go at once;
+        tracked pulls were settled (domain_stopped) just before."""
+        names = frozenset(d.name for d in observation.domains)
+        for counter in (self._started, self._completed, self._failed):
+            for key in [k for k in counter if k.domain not in names]:
+                del counter[key]
+        for pair in [p for p in self._aborted if p[0].domain not in names]:
+            del self._aborted[pair]
+        self._memory = self._memory.only_domains(names)
 
     def _count_failure(self, key: DiskKey, disk: Disk | None, epoch: float) -> None:
         fingerprint = disk.fingerprint if disk is not None else ""
@@ -371,9 +427,8 @@ class Controller:
             if isinstance(action, StartPull):
                 self._host.start_pull(action.key, action.base, action.bandwidth)
                 chain = disk.chain if disk is not None else ()
-                self._memory = self._memory.with_tracked(
-                    action.key, TrackedJob(action.base, self._clock.time(), chain)
-                )
+                tracked = TrackedJob(action.base, self._clock.time(), chain, action.growth)
+                self._memory = self._memory.with_tracked(action.key, tracked)
                 self._started[action.key] += 1
                 log.info("started pull of %s: %s", action.key, action.reason)
             elif isinstance(action, SetSpeed):
@@ -402,15 +457,19 @@ class Controller:
         except HostError as error:
             self._host_unreachable(error)
             return
-        vanished = False
+        vanished = retuned = False
+        limit = self._plan.pull_bandwidth if self._plan is not None else None
         for key, job in fresh.items():
             if job is None:
                 self._jobs.pop(key, None)
                 vanished = True
             else:
                 self._jobs[key] = job
+                # A pull of the daemon's whose speed somebody changed by hand (0 = unlimited).
+                managed = key in self._memory.tracked and job.type is JobType.PULL
+                retuned |= managed and (job.bandwidth or None) != limit
         self._measure_rates()
-        if vanished:  # a job ended: settle it from the chain now, events or not
+        if vanished or retuned:  # settle a job that ended, put a hand-set speed back: now
             self._reconcile()
         else:
             self.snapshot = self._build_snapshot()
@@ -464,4 +523,5 @@ class Controller:
             policy_error=self._policy_error,
             reconcile_duration=self._durations.freeze(),
             last_reconcile_success_at=self._last_success,
+            holds=self._holds,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from exporter.core.decisions import AbortReason, Plan
+from exporter.core.holds import NO_HOLDS, HoldSet
 from exporter.core.model import BlockJob, DiskKey
 
 
@@ -56,3 +57,4 @@ class Snapshot:
     policy_error: str | None  # the last reload's error, shown by `status` and the landing page
     reconcile_duration: Histogram
     last_reconcile_success_at: float | None
+    holds: HoldSet = NO_HOLDS  # as last read from the holds file; `in_force(taken_at)` to show

@@ -33,6 +33,7 @@ import dataclasses
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
@@ -42,24 +43,31 @@ import libvirt
 from exporter.core.host import EventSink
 from exporter.core.model import (
     BlockJob,
+    ChainUsage,
     ConnectionEvent,
     Disk,
     DiskKey,
     Domain,
     DomainState,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
+    Inspection,
     JobEvent,
     JobOutcome,
     JobType,
     LifecycleEvent,
     Observation,
+    Unmeasured,
 )
+from exporter.core.space import image_directory
+from exporter.hosts.libvirt.block_stats import chain_usage
 from exporter.hosts.libvirt.domain_xml import ParsedDisks, normalise_target
 from exporter.hosts.libvirt.errors import host_error
 from exporter.hosts.libvirt.event_loop import EventLoop, shared_loop
 from exporter.hosts.libvirt.job_sweep import JobSweep
+from exporter.hosts.local_fs import LocalFileSystems
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +166,8 @@ class LibvirtHost:
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
         self._parsed = ParsedDisks()  # used by the observing thread only
+        self._space = LocalFileSystems()  # used by the observing thread only
+        self._remote = bool(urllib.parse.urlsplit(uri).hostname)  # qemu+ssh://host/system
         self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
 
     # -- Host protocol ------------------------------------------------------------------------
@@ -184,7 +194,24 @@ class LibvirtHost:
         domains = self._states_after(conn, domains)
         with self._lock:
             self._domains = handles
-        return Observation(tuple(domains))
+        return Observation(tuple(domains), self._file_systems(domains))
+
+    def _file_systems(self, domains: list[Domain]) -> dict[str, FileSystem | Unmeasured]:
+        """The file systems of the image directories pulls may write to (min_free)."""
+        directories = {
+            directory
+            for domain in domains
+            if domain.state.can_run_jobs
+            for disk in domain.disks
+            if disk.chain and (directory := image_directory(disk)) is not None
+        }
+        if self._remote:
+            why = (
+                f"the images are on the host of {self._uri}: their free space cannot be "
+                "measured from here (set min_free: 0 to pull without the guard)"
+            )
+            return {directory: Unmeasured(directory, why) for directory in directories}
+        return self._space.measure(sorted(directories))
 
     def _states_after(self, conn: libvirt.virConnect, domains: list[Domain]) -> list[Domain]:
         """The domains with their state read again, after their XML.
@@ -222,6 +249,67 @@ class LibvirtHost:
                     log.warning("cannot read the block job of %s: %s", key, error)
                 result[key] = None
         return result
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        """Every disk's blockJobInfo, and one domainListGetStats(BLOCK, BACKING) for all the
+        domains together (block_stats.py). A domain whose jobs cannot all be read is left out:
+        no pull starts where a job might run unseen."""
+        conn = self._connection()
+        handles: dict[str, libvirt.virDomain] = {}
+        for name in domains:
+            try:
+                handles[name] = self._handle(conn, name)
+            except HostError as error:
+                if error.reason is ErrorReason.CONNECTION:
+                    raise
+        usage = self._chain_usage(conn, handles)
+        found: dict[str, Inspection] = {}
+        for name, dom in handles.items():
+            jobs = self._all_jobs(name, dom)
+            if jobs is not None:
+                found[name] = Inspection(jobs, usage.get(name, {}))
+        return found
+
+    def _all_jobs(self, name: str, dom: libvirt.virDomain) -> dict[str, BlockJob] | None:
+        parsed = self._parsed.last(dom.UUIDString())
+        if parsed is None:
+            return None
+        jobs: dict[str, BlockJob] = {}
+        for item in parsed:
+            key = DiskKey(name, item.disk.target)
+            try:
+                job = self._job_info(dom, key)
+            except HostError as error:
+                if error.reason is ErrorReason.CONNECTION:
+                    raise
+                if error.reason not in _GONE:
+                    log.warning("cannot read the block job of %s: %s", key, error)
+                return None
+            if job is not None:
+                jobs[key.disk] = job
+        return jobs
+
+    def _chain_usage(
+        self, conn: libvirt.virConnect, handles: Mapping[str, libvirt.virDomain]
+    ) -> dict[str, dict[str, ChainUsage]]:
+        if not handles:
+            return {}
+        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+        try:
+            stats = conn.domainListGetStats(
+                list(handles.values()), libvirt.VIR_DOMAIN_STATS_BLOCK, flags
+            )
+        except libvirt.libvirtError as error:
+            failure = self._failed(error)
+            if failure.reason is ErrorReason.CONNECTION:
+                raise failure from error
+            log.warning("cannot read the block stats of %s: %s", ", ".join(handles), failure)
+            return {}
+        usage: dict[str, dict[str, ChainUsage]] = {}
+        for dom, values in stats:
+            parsed = self._parsed.last(dom.UUIDString()) or ()
+            usage[dom.name()] = chain_usage(values, tuple(item.disk for item in parsed))
+        return usage
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
@@ -313,7 +401,7 @@ class LibvirtHost:
             return disk
         if job is None:
             return disk
-        return Disk(disk.target, disk.source, disk.chain, disk.readonly, disk.transient, job)
+        return dataclasses.replace(disk, job=job)
 
     def _job_info(self, dom: libvirt.virDomain, key: DiskKey) -> BlockJob | None:
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES

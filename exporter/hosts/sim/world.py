@@ -28,13 +28,14 @@ import time
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from exporter.core.clock import Clock
 from exporter.core.host import EventSink
 from exporter.core.model import (
     BlockJob,
+    ChainUsage,
     ConnectionEvent,
     Disk,
     DiskKey,
@@ -43,6 +44,7 @@ from exporter.core.model import (
     ErrorReason,
     HostError,
     HostEvent,
+    Inspection,
     JobEvent,
     JobOutcome,
     JobType,
@@ -66,6 +68,7 @@ CALL_KINDS: tuple[str, ...] = (
     "observe",
     "refresh_jobs",
     "refresh_jobs_keys",  # disks named in refresh_jobs calls
+    "inspect",
     "start_pull",
     "set_speed",
     "abort",
@@ -164,6 +167,11 @@ class _DiskState:
     job: _Job | None = None
     value: Disk | None = None  # cached view without job
 
+    @property
+    def capacity(self) -> int:
+        """The virtual size: as big as all its data together, at least."""
+        return max(sum(self.sizes), GiB)
+
     def view(self) -> Disk:
         if self.value is None:
             self.value = Disk(self.target, self.source, self.chain, self.readonly, self.transient)
@@ -193,7 +201,7 @@ class _DomainState:
 
 
 def _with_job(disk: Disk, job: BlockJob) -> Disk:
-    return Disk(disk.target, disk.source, disk.chain, disk.readonly, disk.transient, job)
+    return replace(disk, job=job)
 
 
 class SimClock:
@@ -349,6 +357,22 @@ class SimulatedHost:
                 result[key] = job.view(self._now) if job is not None else None
         self._pause(self._latency.call + len(wanted) * self._latency.job_info)
         return result
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        wanted = list(domains)
+        with self._op(mutating=False, call="inspect"):
+            found: dict[str, Inspection] = {}
+            for name in wanted:
+                domain = self._domains.get(name)
+                if domain is None:
+                    continue
+                found[name] = Inspection(
+                    {t: d.job.view(self._now) for t, d in domain.disks.items() if d.job},
+                    {t: ChainUsage(d.capacity, d.sizes) for t, d in domain.disks.items()},
+                )
+                self._calls["job_info_reads"] += len(domain.disks)
+        self._pause(self._latency.call * (1 + len(wanted)))
+        return found
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         with self._op(mutating=True, call="start_pull"):
