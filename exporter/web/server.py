@@ -1,4 +1,5 @@
-"""The HTTP(S) endpoint: /metrics, a landing page at /, basic auth and TLS from the web config.
+"""The HTTP(S) endpoint: /metrics and the landing page at /, with basic auth and TLS from the web
+config (the checks themselves are in `auth` and `config`; the page is given by the caller).
 
 A thread per connection (`ThreadingHTTPServer`, daemon threads); the TLS handshake happens in
 that thread, not in the accept loop, so one slow or hostile client cannot stall the others.
@@ -7,29 +8,20 @@ Responses only read what the callbacks return; nothing here touches libvirt.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
-import hashlib
-import hmac
-import html
 import logging
-import secrets
 import socket
 import socketserver
 import ssl
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-import bcrypt
-
-from exporter.daemon.snapshot import Snapshot
+from exporter.web.auth import BasicAuth, basic_credentials
 from exporter.web.config import TLSConfig, WebConfig
 
 log = logging.getLogger(__name__)
@@ -46,10 +38,7 @@ _TEXT = "text/plain; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 _HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
 _IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may idle (Prometheus scrapes every 15-60 s)
-_AUTH_CACHE_SIZE = 256  # successful (user, password) checks remembered
 _GZIP_LEVEL = 1  # ~2 ms for a 4,000-disk page, 18x smaller; higher levels gain little
-# A valid hash for unknown users, so they cost the same bcrypt time as known ones.
-_DUMMY_HASH = b"$2b$10$ajmdrwn2Rwve/pl6/mR4cuHmCvEIH7PtKsJumGZrdYkJc2oxebRde"
 _PLAIN_HTTP_ON_TLS = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -74,76 +63,6 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ListenAddressError(f"listen address {address!r}: port must be 0-65535")
     return host, int(port_text)
-
-
-class BasicAuth:
-    """Checks credentials against bcrypt hashes, remembering recent successes.
-
-    bcrypt costs ~100 ms on purpose; paying that on every scrape would be a waste, so a
-    successful check is cached under an HMAC (random per-process key) of user, password and
-    hash: the cache never holds a password, and a changed hash misses it. Bounded, LRU.
-    """
-
-    def __init__(self, users: Mapping[str, bytes], cache_size: int = _AUTH_CACHE_SIZE) -> None:
-        self._users = dict(users)
-        self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def check(self, user: str, password: str) -> bool:
-        hashed = self._users.get(user)
-        token = hmac.new(
-            self._key,
-            b"\0".join((user.encode(), password.encode(), hashed or b"")),
-            hashlib.sha256,
-        ).digest()
-        if hashed is not None:
-            with self._lock:
-                if token in self._cache:
-                    self._cache.move_to_end(token)
-                    return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH)
-        except ValueError:  # longer than bcrypt's 72 bytes, or a NUL: cannot match
-            ok = False
-        if not ok or hashed is None:
-            return False
-        with self._lock:
-            self._cache[token] = None
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return True
-
-    @property
-    def cached(self) -> int:
-        return len(self._cache)
-
-
-def render_landing_page(version: str, snapshot: Snapshot | None) -> str:
-    """The HTML at `/`: what this is, where the metrics are, and whether the policy is healthy."""
-    if snapshot is None:
-        status = "<p>Starting: no reconcile has run yet.</p>"
-    else:
-        policy = "loaded" if snapshot.policy_reload_ok else "last reload failed"
-        rows = [
-            ("Policy", f"{snapshot.policy_source} ({policy})"),
-            ("libvirt", "up" if snapshot.libvirt_up else "DOWN"),
-        ]
-        if snapshot.policy_error:
-            rows.append(("Policy error", snapshot.policy_error))
-        if snapshot.plan is not None:
-            rows.append(("Running block jobs", str(len(snapshot.jobs))))
-        status = "<table>{}</table>".format(
-            "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-        )
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>blockpull-exporter</title>'
-        "</head><body>\n"
-        f"<h1>blockpull-exporter</h1>\n<p>Version {html.escape(version)}</p>\n"
-        '<p><a href="metrics">Metrics</a></p>\n'
-        f"{status}\n</body></html>\n"
-    )
 
 
 class WebServer:
@@ -219,7 +138,7 @@ class WebServer:
     def authorized(self, header: str | None) -> bool:
         if self._auth is None:
             return True
-        credentials = _basic_credentials(header)
+        credentials = basic_credentials(header)
         return credentials is not None and self._auth.check(*credentials)
 
     def metrics(self) -> bytes:
@@ -251,20 +170,6 @@ def _ipv6_available() -> bool:
             return True
     except OSError:
         return False
-
-
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
 
 
 def _accepts_gzip(header: str | None) -> bool:
