@@ -12,10 +12,12 @@ from pathlib import Path
 import bcrypt
 
 from exporter.web.config import WebConfig, load_web_config
+from exporter.web.limits import WebLimits
 from exporter.web.server import WebServer
 
 BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
 TIMEOUT = 10
+DEFAULT_LIMITS = WebLimits()
 PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))  # cost 4: fast tests
 
 
@@ -24,8 +26,9 @@ def serving(
     config: WebConfig | None = None,
     render: Callable[[], bytes] = lambda: BODY,
     address: str = "127.0.0.1:0",
+    limits: WebLimits = DEFAULT_LIMITS,
 ) -> Iterator[WebServer]:
-    server = WebServer(address, config, render, lambda: "<html>landing</html>")
+    server = WebServer(address, config, render, lambda: "<html>landing</html>", limits)
     server.start()
     try:
         yield server
