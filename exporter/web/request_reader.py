@@ -57,7 +57,7 @@ class RequestReader(io.RawIOBase):
             if remaining <= 0:
                 raise TimeoutError(f"request not complete within {self._deadline_seconds:g} s")
             self._sock.settimeout(remaining)
-            count = self._sock.recv_into(buffer, min(len(buffer), self._max_bytes + 1))
+            count = self._sock.recv_into(buffer)
         self._received += count
         if self._received > self._max_bytes:
             raise RequestTooLargeError(f"request head over {self._max_bytes} bytes")

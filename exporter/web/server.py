@@ -292,15 +292,16 @@ class _Server(socketserver.TCPServer):
             return
         connection.sock = tls  # the descriptor is the TLS socket's now
         try:
-            tls.do_handshake()
-            allowed = self.app.tls is None or self.app.tls.allows_peer(tls.getpeercert())
-            if allowed:
-                tls.settimeout(self.limits.idle_timeout)
-                self._handle(tls, client, connection)
-            else:
+            try:
+                tls.do_handshake()
+                allowed = self.app.tls is None or self.app.tls.allows_peer(tls.getpeercert())
+            except (OSError, ValueError) as e:
+                log.debug("TLS handshake with %s failed: %s", client, e)
+                return
+            if not allowed:
                 log.info("TLS client %s refused: no SAN in client_allowed_sans", client)
-        except (OSError, ValueError) as e:
-            log.debug("TLS connection with %s ended: %s", client, e)
+                return
+            self._handle(tls, client, connection)
         finally:
             self.slots.forget(connection)  # before close: see ConnectionSlots.forget
             tls.close()

@@ -10,16 +10,19 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import bcrypt
 import pytest
+from certs import make_pki
 from live_server import BODY, PASSWORD_HASH, TIMEOUT, basic, request, serving, write_config
 
 from exporter.web import auth as web_auth
@@ -141,6 +144,26 @@ def test_an_idle_keep_alive_connection_gives_way_to_a_new_client() -> None:
         time.sleep(2 * limits.evictable_after)
         assert request(server)[0] == 200
         assert read_until_closed(kept) == b""
+
+
+@pytest.mark.parametrize(
+    "sent", [b"", b"\x16\x03\x01"], ids=["silent", "handshake-begun-then-stalled"]
+)
+def test_stalled_tls_handshakes_give_way_to_a_scrape_when_every_slot_is_taken(
+    tmp_path: Path, sent: bytes
+) -> None:
+    pki = make_pki(tmp_path)
+    config = write_config(
+        tmp_path,
+        f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n",
+    )
+    limits = replace(NO_DEADLINE, handshake_timeout=60.0)
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with serving(config, limits=limits) as server, connections(server.port, 4) as stalled:
+        for sock in stalled:
+            sock.sendall(sent)
+        time.sleep(2 * limits.evictable_after)
+        assert request(server, context=context)[0] == 200
 
 
 def test_a_scrape_is_answered_during_and_after_a_flood_of_idle_and_trickling_clients() -> None:
