@@ -86,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     from exporter.policy.loader import PolicyError
     from exporter.policy.source import PolicySource
     from exporter.web.config import WebConfigError, load_web_config
+    from exporter.web.landing import render_landing_page
     from exporter.web.server import WebServer
 
     cli_options.setup_logging(args)
@@ -123,7 +124,7 @@ def main(args: argparse.Namespace) -> int:
         args.listen_address,
         web_config,
         lambda: renderer.render(controller.snapshot),
-        lambda: renderer.landing_page(controller.snapshot),
+        lambda: render_landing_page(__version__, controller.snapshot),
     )
     try:
         server.start()
