@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from exporter.commands import options as cli_options
 from exporter.core.holds import Hold, HoldSet
+from exporter.policy.units import format_timestamp
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,8 @@ def holds_lines(holds: HoldSet, now: float) -> list[str]:
     if not in_force:
         return ["no holds"]
     rows = [
-        (h.domains, _when(h.until), _left(h.until - now), h.by, h.reason or "-") for h in in_force
+        (h.domains, format_timestamp(h.until), _left(h.until - now), h.by, h.reason or "-")
+        for h in in_force
     ]
     header = f"{len(in_force)} hold(s) in force:"
     return [header, render_table(("DOMAINS", "UNTIL", "LEFT", "BY", "REASON"), rows)]
@@ -40,7 +42,9 @@ def holds_lines(holds: HoldSet, now: float) -> list[str]:
 
 def describe_hold(hold: Hold, now: float) -> str:
     why = f": {hold.reason}" if hold.reason else ""
-    return f"{hold.domains} until {_when(hold.until)} ({_left(hold.until - now)} left){why}"
+    return (
+        f"{hold.domains} until {format_timestamp(hold.until)} ({_left(hold.until - now)} left){why}"
+    )
 
 
 def invoking_user() -> str:
@@ -69,12 +73,6 @@ def refuse_bad_text(globs: Sequence[str], reason: str) -> str | None:
         if problem:
             return problem
     return check_text(reason, "--reason")
-
-
-def _when(epoch: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _left(seconds: float) -> str:

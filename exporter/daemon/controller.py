@@ -15,6 +15,7 @@ checked every `holds_check_interval` (a stat) and take effect at once.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 from collections import Counter
 from collections.abc import Iterable
@@ -76,6 +77,7 @@ STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds
 MIN_TIMER_SECONDS = 0.01
 LOOK_AGAIN_SECONDS = 0.5
+MIN_SWEEP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class Controller:
         self._next_progress = now + self._options.progress_interval
         self._next_file_check = now + self._options.file_check_interval
         self._next_holds_check = now + self._options.holds_check_interval
+        self._next_sweep = now  # the host says when next (`Sweep.next_in`)
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
 
@@ -205,8 +208,10 @@ class Controller:
         deadline = min(self._next_full, self._next_file_check)
         if self._hold_store is not None:
             deadline = min(deadline, self._next_holds_check)
-        if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
-            deadline = min(deadline, self._next_progress)
+        if self._libvirt_up:  # down: only the reconnect backoff wakes us
+            deadline = min(deadline, self._next_sweep)
+            if self._jobs:
+                deadline = min(deadline, self._next_progress)
         return deadline
 
     def step(self, wakes: Iterable[Wake]) -> None:
@@ -238,6 +243,8 @@ class Controller:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
+        elif self._libvirt_up and now >= self._next_sweep:
+            self._sweep_jobs()
 
     def shutdown(self) -> None:
         self._notifier.stopping()
@@ -473,6 +480,22 @@ class Controller:
             self._reconcile()
         else:
             self.snapshot = self._build_snapshot()
+
+    def _sweep_jobs(self) -> None:
+        """A job somebody else started counts against the budget from the next reconcile: now,
+        once the sweep finds it."""
+        now = self._clock.monotonic()
+        self._next_sweep = now + MIN_SWEEP_SECONDS
+        try:
+            sweep = self._host.sweep_jobs()
+        except HostError as error:
+            self._host_unreachable(error)
+            return
+        wait = sweep.next_in if sweep.next_in is not None else math.inf
+        self._next_sweep = now + max(wait, MIN_SWEEP_SECONDS)
+        if sweep.found:
+            log.info("a block job started by somebody else turned up: reconciling")
+            self._reconcile()
 
     def _measure_rates(self) -> None:
         """Measure each job's rate from its cursor between two reads; drop finished jobs."""

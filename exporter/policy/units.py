@@ -124,3 +124,10 @@ def format_duration(seconds: float) -> str:
         elif unit == "s" and fraction:
             parts.append(f"{count + fraction:g}s")
     return "".join(parts) or "0s"
+
+
+def format_timestamp(epoch: float) -> str:
+    """Epoch seconds as UTC ISO 8601 to the second: "2026-11-26T11:00:00Z"."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

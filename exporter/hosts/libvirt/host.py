@@ -5,12 +5,14 @@ domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its s
 (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per domain
 (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient and
 `<mirror>`; an XML equal to the domain's previous one is not parsed again (ParsedDisks).
-`blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it runs for disks of
-running or paused domains that have a `<mirror>` or a job this host started or saw, and, once
-per `job_sweep_interval` (spread over the observes in between: job_sweep.py; all at
-once after every (re)connection), for every disk on a backing chain, which is how jobs started
-by others (`virsh blockpull`) are found. Until then such a job is also found when starting a
-pull on its disk fails with "busy". `getAllDomainStats(BLOCK, BACKING)` would give chains in one
+`blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: observe() runs it for
+disks of running or paused domains that have a `<mirror>` or a job this host started or saw.
+Jobs started by others (`virsh blockpull`) show in no event and no XML: `sweep_jobs()`, called
+by the controller every few seconds, reads the part of the chained disks that is due
+(job_sweep.py), so each is read once per `job_sweep_interval` (50 s: a foreign job counts
+within a minute) at a steady cost, outside the full reconcile. The first observe() after every
+(re)connection reads them all at once. Before a pull starts, `inspect()` reads every disk of its
+domain anyway. `getAllDomainStats(BLOCK, BACKING)` would give chains in one
 call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
 job: not used.
 
@@ -40,7 +42,7 @@ from typing import ParamSpec, TypeVar
 
 import libvirt
 
-from exporter.core.host import EventSink
+from exporter.core.host import EventSink, Sweep
 from exporter.core.model import (
     BlockJob,
     ChainUsage,
@@ -143,7 +145,7 @@ class LibvirtHost:
         min_backoff: float = 0.5,
         max_backoff: float = 2.0,
         loop: EventLoop | None = None,
-        job_sweep_interval: float = 300.0,
+        job_sweep_interval: float = 50.0,
     ) -> None:
         """Connects lazily, on the first call: a libvirtd that is down is a HostError later,
         not a failure to construct."""
@@ -169,6 +171,8 @@ class LibvirtHost:
         self._space = LocalFileSystems()  # used by the observing thread only
         self._remote = bool(urllib.parse.urlsplit(uri).hostname)  # qemu+ssh://host/system
         self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
+        self._sweep_in_observe = True  # until the first observe after a (re)connection
+        self._sweepable: list[tuple[int, libvirt.virDomain, DiskKey]] = []  # part, dom, disk
 
     # -- Host protocol ------------------------------------------------------------------------
 
@@ -182,19 +186,48 @@ class LibvirtHost:
         handles: dict[str, libvirt.virDomain] = {}
         now = self._clock()
         with self._lock:
-            sweep = self._sweep.due(now)
+            sweep = self._sweep.due(now) if self._sweep_in_observe else frozenset()
+            self._sweep_in_observe = False
             known = frozenset(self._known_jobs)  # one lock per observe, not one per disk
+        sweepable: list[tuple[int, libvirt.virDomain, DiskKey]] = []
         for dom, values in stats:
             state = _STATES.get(values.get("state.state"), DomainState.OTHER)
             domain = self._domain(dom, state, sweep, known)
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
+                if state.can_run_jobs:
+                    part = self._sweep.part(domain.uuid)
+                    sweepable += [
+                        (part, dom, DiskKey(domain.name, d.target)) for d in domain.disks if d.chain
+                    ]
         self._parsed.keep_only({d.uuid for d in domains})
         domains = self._states_after(conn, domains)
         with self._lock:
             self._domains = handles
+            self._sweepable = sweepable
         return Observation(tuple(domains), self._file_systems(domains))
+
+    def sweep_jobs(self) -> Sweep:
+        """Read the due part of the chained disks' jobs (as of the last observe)."""
+        with self._lock:
+            now = self._clock()
+            due = self._sweep.due(now)
+            next_in = max(0.0, self._sweep.next_due() - now)
+            known = frozenset(self._known_jobs)
+            wanted = [(dom, key) for part, dom, key in self._sweepable if part in due]
+        found = False
+        for dom, key in wanted:
+            if key in known:
+                continue
+            try:
+                found |= self._job_info(dom, key) is not None
+            except HostError as error:
+                if error.reason is ErrorReason.CONNECTION:
+                    raise
+                if error.reason not in _GONE:
+                    log.warning("cannot read the block job of %s: %s", key, error)
+        return Sweep(found, next_in)
 
     def _file_systems(self, domains: list[Domain]) -> dict[str, FileSystem | Unmeasured]:
         """The file systems of the image directories pulls may write to (min_free)."""
@@ -491,6 +524,7 @@ class LibvirtHost:
             self._session = session
             self._domains = {}
             self._sweep.restart()  # jobs may have started or ended while disconnected
+            self._sweep_in_observe = True
         if reconnected:
             self._emit(ConnectionEvent(up=True, reason="reconnected"))
         return session.conn

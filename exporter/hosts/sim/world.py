@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from exporter.core.clock import Clock
-from exporter.core.host import EventSink
+from exporter.core.host import EventSink, Sweep
 from exporter.core.model import (
     BlockJob,
     ChainUsage,
@@ -69,6 +69,7 @@ CALL_KINDS: tuple[str, ...] = (
     "refresh_jobs",
     "refresh_jobs_keys",  # disks named in refresh_jobs calls
     "inspect",
+    "sweep_jobs",
     "start_pull",
     "set_speed",
     "abort",
@@ -357,6 +358,11 @@ class SimulatedHost:
                 result[key] = job.view(self._now) if job is not None else None
         self._pause(self._latency.call + len(wanted) * self._latency.job_info)
         return result
+
+    def sweep_jobs(self) -> Sweep:
+        """observe() shows every job at once here: no sweep is ever needed."""
+        with self._op(mutating=False, call="sweep_jobs"):
+            return Sweep(found=False, next_in=None)
 
     def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
         wanted = list(domains)
