@@ -12,8 +12,18 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.config_file.issues import Issue
-from exporter.policy.loader import PolicyError, glob_problem, load_policy, parse_policy
+from exporter.config_file.composing import MAX_DEPTH, MAX_NODES
+from exporter.config_file.issues import MAX_REPORTED, Issue
+from exporter.config_file.reading import MAX_FILE_BYTES
+from exporter.policy.loader import (
+    MAX_GLOBS,
+    MAX_RULES,
+    MAX_WINDOWS,
+    PolicyError,
+    glob_problem,
+    load_policy,
+    parse_policy,
+)
 from exporter.policy.values import OutsideWindows, RuleAction
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
@@ -301,3 +311,50 @@ def test_arbitrary_yaml_documents_raise_only_policy_error(document: object) -> N
 @given(st.one_of(st.text(), st.text(alphabet=string.printable + ":-[]{}&*!|>'\"%@`#")))
 def test_arbitrary_text_raises_only_policy_error(text: str) -> None:
     assert_only_policy_error(text)
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def rules_text(count: int) -> str:
+    return "version: 1\nrules:\n" + "".join(f"  - {{name: r{i}}}\n" for i in range(count))
+
+
+def test_the_most_rules_allowed_load() -> None:
+    assert len(parse_policy(rules_text(MAX_RULES), "p").rules) == MAX_RULES
+
+
+def test_more_rules_than_allowed_is_one_issue_naming_the_limit() -> None:
+    issue = only_issue(rules_text(MAX_RULES + 1))
+    assert (issue.line, issue.yaml_path) == (3, "rules")
+    assert issue.message == f"{MAX_RULES + 1:,} rules; at most {MAX_RULES:,} are allowed"
+
+
+def test_more_windows_than_allowed_is_refused() -> None:
+    windows = "".join(f"  w{i}: {{days: [mon]}}\n" for i in range(MAX_WINDOWS + 1))
+    issue = only_issue(f"version: 1\nwindows:\n{windows}")
+    assert issue.yaml_path == "windows"
+    assert f"at most {MAX_WINDOWS} are allowed" in issue.message
+
+
+@pytest.mark.parametrize("key", ["domains", "disks", "backing", "exclude.domains"])
+def test_more_globs_in_one_list_than_allowed_is_refused(key: str) -> None:
+    globs = ", ".join(f"g{i}" for i in range(MAX_GLOBS + 1))
+    value = f"{{domains: [{globs}]}}" if key == "exclude.domains" else f"[{globs}]"
+    issue = only_issue(f"version: 1\nrules:\n  - {{name: a, {key.split('.')[0]}: {value}}}\n")
+    assert issue.yaml_path == f"rules[0].{key}"
+    assert f"at most {MAX_GLOBS} are allowed" in issue.message
+
+
+def test_policy_reference_states_the_limits() -> None:
+    reference = (EXAMPLE.parent / "README.md").read_text()
+    for stated in (
+        f"{MAX_RULES:,} rules",
+        f"{MAX_WINDOWS} windows",
+        f"at most {MAX_GLOBS}",
+        f"{MAX_FILE_BYTES // 1024**2} MiB",
+        f"{MAX_DEPTH} levels",
+        f"{MAX_NODES:,} nodes",
+        f"{MAX_REPORTED} mistakes",
+    ):
+        assert stated in reference, stated
