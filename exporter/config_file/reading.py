@@ -38,15 +38,17 @@ def read_config_file(path: str | os.PathLike[str]) -> bytes:
         fd = os.open(Path(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
         raise UnreadableFileError(f"cannot read: {error.strerror or error}") from None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-                raise UnreadableFileError(f"cannot read: {kind}, not a regular file")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise UnreadableFileError(f"cannot read: {kind}, not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
             return read_config_stream(file)
-        except OSError as error:
-            raise UnreadableFileError(f"cannot read: {error.strerror or error}") from None
+    except OSError as error:
+        raise UnreadableFileError(f"cannot read: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
 
 
 def read_config_stream(stream: BinaryIO) -> bytes:
