@@ -9,9 +9,10 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from certs import Pki, make_pki
+from certs import Pki, handshake, make_pki
 
-from exporter.web.config import ClientAuth, WebConfigError, load_web_config
+from exporter.web.config import WebConfigError, load_web_config
+from exporter.web.tls import ClientAuth
 
 HASH = bcrypt.hashpw(b"secret", bcrypt.gensalt(4)).decode()
 
@@ -282,3 +283,58 @@ def test_non_string_user_name_is_refused(tmp_path: Path) -> None:
 def test_rate_limit_is_reported_unsupported(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, "rate_limit:\n  interval: 1s\n  burst: 5\n"))
     assert "rate_limit: not supported" in message
+
+
+def test_every_mistake_is_reported_at_once_with_line_and_column(conf_dir: Path) -> None:
+    path = write(
+        conf_dir,
+        """\
+        tls_server_config:
+          cert_file: server.crt
+          key_file: server.key
+          min_version: TLS1.2
+          client_auth_type: Always
+        http_server_config:
+          http3: true
+        basic_auth_users:
+          alice: secret
+        """,
+    )
+    with pytest.raises(WebConfigError) as caught:
+        load_web_config(path)
+    assert [(issue.line, issue.column, issue.yaml_path) for issue in caught.value.errors] == [
+        (4, 16, "tls_server_config.min_version"),
+        (5, 21, "tls_server_config.client_auth_type"),
+        (7, 3, "http_server_config.http3"),
+        (9, 10, "basic_auth_users.alice"),
+    ]
+
+
+def test_a_build_error_is_placed_at_the_key_at_fault(conf_dir: Path) -> None:
+    path = write(conf_dir, "tls_server_config:\n  cert_file: server.crt\n  key_file: client.key\n")
+    with pytest.raises(WebConfigError) as caught:
+        load_web_config(path)
+    (issue,) = caught.value.errors
+    assert (issue.line, issue.yaml_path) == (2, "tls_server_config.cert_file")
+
+
+@pytest.mark.parametrize("name", ["TLS12", "TLS13"])
+def test_each_version_accepted_at_load_completes_a_handshake(
+    conf_dir: Path, pki: Pki, name: str
+) -> None:
+    config = load_web_config(
+        write(conf_dir, TLS + f"  min_version: {name}\n  max_version: {name}\n")
+    )
+    server = config.ssl_context()
+    assert server is not None
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(pki.ca_cert)
+    assert handshake(server, client).version() == f"TLSv1.{name[-1]}"
+
+
+def test_a_version_this_openssl_cannot_serve_is_refused_naming_the_key(
+    conf_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssl, "HAS_TLSv1_3", False)  # as on an OpenSSL built without TLS 1.3
+    message = error_of(write(conf_dir, TLS + "  max_version: TLS13\n"))
+    assert "tls_server_config.max_version: TLS13 cannot be served by this machine's" in message
