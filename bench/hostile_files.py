@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPORTER = ROOT / ".venv" / "bin" / "blockpull-exporter"
+EXPORTER = [sys.executable, "-m", "exporter"]  # PYTHONPATH=DIR measures another checkout
 DEFAULT_TIMEOUT = 30.0
 ADDRESS_SPACE = 4 * 1024**3
 
@@ -40,6 +40,20 @@ def many_rules(count: int) -> str:
     )
 
 
+def dense_mistakes(size: int) -> str:
+    """Just under `size` bytes: one rule whose glob list holds as many integers as fit."""
+    head = "version: 1\nrules:\n  - {name: a, domains: ["
+    return head + "1," * ((size - len(head) - 4) // 2) + "]}\n"
+
+
+def many_mistakes(rules: int) -> str:
+    """`rules` rules of 100 integers where globs belong: 100 mistakes each."""
+    items = ", ".join(["1"] * 100)
+    return "version: 1\nrules:\n" + "".join(
+        f"  - {{name: r{i}, domains: [{items}]}}\n" for i in range(rules)
+    )
+
+
 def deep_web_config(depth: int) -> str:
     return "tls_server_config: " + "[" * depth + "]" * depth + "\n"
 
@@ -51,6 +65,8 @@ def build(folder: Path) -> list[tuple[str, list[str]]]:
         "alias-amplification.yaml": alias_amplification(),
         "many-rules-100000.yaml": many_rules(100_000),
         "oversized-2MiB.yaml": "version: 1\n" + "#" * 2 * 1024**2 + "\n",
+        "dense-1MiB.yaml": dense_mistakes(1000 * 1024),
+        "thousand-mistakes.yaml": many_mistakes(10),
     }
     for name, text in files.items():
         (folder / name).write_text(text)
@@ -58,7 +74,7 @@ def build(folder: Path) -> list[tuple[str, list[str]]]:
     os.mkfifo(folder / "fifo.yaml")
     (folder / "dev-zero.yaml").symlink_to("/dev/zero")
     (folder / "deep-web.yml").write_text(deep_web_config(10_000))
-    check = [str(EXPORTER), "check"]
+    check = [*EXPORTER, "check"]
     cases = [
         (name, [*check, str(folder / name)])
         for name in (
@@ -66,12 +82,14 @@ def build(folder: Path) -> list[tuple[str, list[str]]]:
             "billion-laughs.yaml",
             "many-rules-100000.yaml",
             "oversized-2MiB.yaml",
+            "dense-1MiB.yaml",
+            "thousand-mistakes.yaml",
             "fifo.yaml",
             "dev-zero.yaml",
         )
     ]
     run_with_web_config = [
-        str(EXPORTER),
+        *EXPORTER,
         "run",
         "--policy.file",
         example,
@@ -117,6 +135,7 @@ def measure(command: list[str], output: Path, timeout: float) -> tuple[str, str,
             stderr=sink,
             stdin=subprocess.DEVNULL,
             preexec_fn=_limit_memory,
+            cwd=output.parent,  # not the checkout: `-m exporter` must honour PYTHONPATH
             start_new_session=True,  # a timeout kills `time` and the exporter under it
         )
         try:
