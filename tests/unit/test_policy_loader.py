@@ -15,15 +15,8 @@ from hypothesis import strategies as st
 from exporter.config_file.composing import MAX_DEPTH, MAX_NODES
 from exporter.config_file.issues import MAX_REPORTED, Issue
 from exporter.config_file.reading import MAX_FILE_BYTES
-from exporter.policy.loader import (
-    MAX_GLOBS,
-    MAX_RULES,
-    MAX_WINDOWS,
-    PolicyError,
-    glob_problem,
-    load_policy,
-    parse_policy,
-)
+from exporter.policy.fields import MAX_GLOBS, glob_problem
+from exporter.policy.loader import MAX_RULES, MAX_WINDOWS, PolicyError, load_policy, parse_policy
 from exporter.policy.values import OutsideWindows, RuleAction
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
