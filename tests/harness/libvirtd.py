@@ -81,7 +81,10 @@ def require_libvirt() -> None:
 
 
 def libvirtd_pids() -> list[int]:
-    done = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True)
+    """This machine's libvirtd. Only in our own PID namespace: a container another engineer
+    boots (systemd-nspawn) runs its own libvirtd, visible to a plain pgrep but not ours."""
+    command = ["pgrep", "-x", "libvirtd", "--ns", str(os.getpid()), "--nslist", "pid"]
+    done = subprocess.run(command, capture_output=True, text=True)
     return [int(p) for p in done.stdout.split()]
 
 

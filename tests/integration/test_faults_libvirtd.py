@@ -70,8 +70,10 @@ def scene(tmp_path: Path, conn: libvirt.virConnect) -> Iterator[Scene]:
     yield made
     for daemon in made.daemons:
         daemon.stop()
-    start_libvirtd()  # a failed test may have left it stopped
-    made.lab.close()  # on a fresh connection: `conn` may have died with libvirtd
+    try:
+        start_libvirtd()  # a failed test may have left it stopped
+    finally:
+        made.lab.close()  # on a fresh connection: `conn` may have died with libvirtd
     for daemon in made.daemons:
         assert not daemon.tracebacks(), daemon.log()
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -410,9 +411,10 @@ def _our_clients() -> set[str]:
     return ours
 
 
-def test_lost_connection_emits_down_then_up_on_the_next_call(
-    libvirt_conn: libvirt.virConnect,
-) -> None:
+@contextlib.contextmanager
+def _host_with_a_cut_connection() -> Iterator[tuple[LibvirtHost, list[HostEvent], set[str]]]:
+    """A LibvirtHost whose connection libvirtd has just dropped, as a restart would; yields it,
+    the events it delivers, and this process's connections from before it connected."""
     events: list[HostEvent] = []
     before = _our_clients()
     host = LibvirtHost(URI)
@@ -421,33 +423,31 @@ def test_lost_connection_emits_down_then_up_on_the_next_call(
         host.observe()
         (client,) = _our_clients() - before
         subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
+        yield host, events, before
+    finally:
+        host.close()
+
+
+def test_lost_connection_emits_down_then_up_on_the_next_call(
+    libvirt_conn: libvirt.virConnect,
+) -> None:
+    with _host_with_a_cut_connection() as (host, events, before):
         assert wait_for(lambda: ConnectionEvent(up=False, reason="eof") in events, 10)
         host.observe()  # reconnects
         assert ConnectionEvent(up=True, reason="reconnected") in events
         assert len(_our_clients() - before) == 1
-    finally:
-        host.close()
 
 
 def test_events_resume_after_a_reconnection(
     libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    events: list[HostEvent] = []
-    before = _our_clients()
-    host = LibvirtHost(URI)
-    try:
-        host.subscribe(events.append)
-        host.observe()
-        (client,) = _our_clients() - before
-        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
+    with _host_with_a_cut_connection() as (host, events, _):
         assert wait_for(lambda: any(isinstance(e, ConnectionEvent) for e in events), 10)
         host.observe()
-        key, _ = _domain_with_chain(domains, image_folder)
+        key, _chain = _domain_with_chain(domains, image_folder)
         host.start_pull(key, None, None)
         done = JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
         assert wait_for(lambda: done in events, 30)
-    finally:
-        host.close()
 
 
 def test_close_stops_the_event_thread(libvirt_conn: libvirt.virConnect) -> None:
