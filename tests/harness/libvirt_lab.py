@@ -13,7 +13,6 @@ state and the process.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,21 +127,23 @@ def stop_domain(conn: libvirt.virConnect, name: str, timeout: float = STOP_TIMEO
 
 
 def remove_domain(conn: libvirt.virConnect, name: str) -> None:
-    """Destroy and undefine a run's own domain, whatever state it is in; missing is fine."""
+    """Destroy and undefine a run's own domain, whatever state it is in; missing is fine (a
+    transient domain is gone once destroyed)."""
     require_own(name)
     try:
         dom = conn.lookupByName(name)
-    except libvirt.libvirtError:
-        return
-    if dom.isActive():
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            if dom.isActive():
-                raise
-    if dom.isPersistent():
-        with contextlib.suppress(libvirt.libvirtError):  # gone meanwhile
+        persistent = dom.isPersistent()
+        if dom.isActive():
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if dom.isActive():
+                    raise  # not just stopped meanwhile
+        if persistent:
             dom.undefine()
+    except libvirt.libvirtError as error:
+        if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+            raise
 
 
 # -- one run's lab -----------------------------------------------------------------------------
