@@ -113,16 +113,21 @@ def wait_shut_off(conn: libvirt.virConnect, name: str, timeout: float = STOP_TIM
         raise AssertionError(f"{name} not shut off (or its QEMU still running) after {timeout} s")
 
 
+def _destroy(dom: libvirt.virDomain) -> None:
+    """Kill a running domain's QEMU; one that stopped meanwhile is fine."""
+    if not dom.isActive():
+        return
+    try:
+        dom.destroy()
+    except libvirt.libvirtError:
+        if dom.isActive():
+            raise
+
+
 def stop_domain(conn: libvirt.virConnect, name: str, timeout: float = STOP_TIMEOUT) -> None:
     """Destroy a run's own domain and wait until it is shut off and its QEMU has exited."""
     require_own(name)
-    dom = conn.lookupByName(name)
-    if dom.isActive():
-        try:
-            dom.destroy()
-        except libvirt.libvirtError:
-            if dom.isActive():
-                raise  # not just stopped meanwhile
+    _destroy(conn.lookupByName(name))
     wait_shut_off(conn, name, timeout)
 
 
@@ -133,12 +138,7 @@ def remove_domain(conn: libvirt.virConnect, name: str) -> None:
     try:
         dom = conn.lookupByName(name)
         persistent = dom.isPersistent()
-        if dom.isActive():
-            try:
-                dom.destroy()
-            except libvirt.libvirtError:
-                if dom.isActive():
-                    raise  # not just stopped meanwhile
+        _destroy(dom)
         if persistent:
             dom.undefine()
     except libvirt.libvirtError as error:
