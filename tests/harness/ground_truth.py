@@ -26,14 +26,9 @@ SAMPLE_INTERVAL = 0.1
 class LibvirtJob:
     """`blockJobInfo` with the *_BANDWIDTH_BYTES flag, as libvirt returns it."""
 
-    type: int  # libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_*
     cur: int
     end: int
     bandwidth: int  # bytes/s; 0 = unlimited
-
-    @property
-    def is_pull(self) -> bool:
-        return self.type == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL
 
 
 def block_job(conn: libvirt.virConnect, key: DiskKey) -> LibvirtJob | None:
@@ -46,10 +41,7 @@ def block_job(conn: libvirt.virConnect, key: DiskKey) -> LibvirtJob | None:
     if not info:
         return None
     return LibvirtJob(
-        int(info.get("type", 0)),
-        int(info.get("cur", 0)),
-        int(info.get("end", 0)),
-        int(info.get("bandwidth", 0)),
+        int(info.get("cur", 0)), int(info.get("end", 0)), int(info.get("bandwidth", 0))
     )
 
 
