@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
+from collections.abc import Callable
 from pathlib import Path
 
+from exporter.commands import log_format
 from exporter.hosts import DEFAULT_URI
 
 DEFAULT_STATE_DIR = Path("/var/lib/blockpull-exporter")
@@ -16,10 +17,22 @@ def add_libvirt_uri(parser: argparse.ArgumentParser) -> None:
         "--libvirt.uri",
         dest="libvirt_uri",
         default=DEFAULT_URI,
+        type=_libvirt_uri,
         metavar="URI",
         help=f"libvirt connection URI, or sim:///path.json for the simulated host "
         f"(default: {DEFAULT_URI})",
     )
+
+
+def _libvirt_uri(text: str) -> str:
+    from exporter.hosts.sim.state_file import is_sim_uri, sim_path
+
+    if is_sim_uri(text):
+        try:
+            sim_path(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def add_policy_file(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -44,18 +57,40 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_log_level(parser: argparse.ArgumentParser) -> None:
+def add_logging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log.level",
         dest="log_level",
         default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity (default: info)",
+        choices=list(log_format.LEVELS),
+        metavar="LEVEL",
+        help="log verbosity: debug, info, warn or error (default: info)",
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=log_format.FORMATS,
+        help="one line per record, logfmt or json (default: logfmt)",
     )
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def setup_logging(args: argparse.Namespace) -> None:
+    log_format.setup_logging(args.log_level, args.log_format)
+
+
+def seconds_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds in [low, high] (a zero interval is a busy loop)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: give seconds from {low:g} to {high:g}"
+            )
+        return value
+
+    return parse

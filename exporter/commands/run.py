@@ -18,6 +18,16 @@ from exporter.commands import options as cli_options
 log = logging.getLogger(__name__)
 
 
+def _listen_address(text: str) -> str:
+    from exporter.web.server import ListenAddressError, parse_listen_address
+
+    try:
+        parse_listen_address(text)
+    except ListenAddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from exporter.web.server import DEFAULT_LISTEN_ADDRESS
 
@@ -27,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--web.listen-address",
         dest="listen_address",
         default=DEFAULT_LISTEN_ADDRESS,
+        type=_listen_address,
         metavar="ADDRESS",
         help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS})",
     )
@@ -41,18 +52,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resync.interval",
         dest="resync_interval",
-        type=float,
+        type=cli_options.seconds_between(1, 86400),
         default=30.0,
         metavar="SECONDS",
-        help="full re-read of the host even without events (default: 30)",
+        help="full re-read of the host even without events, 1 to 86400 (default: 30)",
     )
     parser.add_argument(
         "--progress.interval",
         dest="progress_interval",
-        type=float,
+        type=cli_options.seconds_between(0.1, 3600),
         default=2.0,
         metavar="SECONDS",
-        help="refresh of running pulls' progress (default: 2)",
+        help="refresh of running pulls' progress, 0.1 to 3600 (default: 2)",
     )
     parser.add_argument(
         "--shutdown.abort-pulls",
@@ -61,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort the daemon's running pulls on exit (default: leave them running; "
         "they are adopted on the next start)",
     )
-    cli_options.add_log_level(parser)
+    cli_options.add_logging(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -74,9 +85,10 @@ def main(args: argparse.Namespace) -> int:
     from exporter.policy.loader import PolicyError
     from exporter.policy.source import PolicySource
     from exporter.web.config import WebConfigError, load_web_config
+    from exporter.web.landing import render_landing_page
     from exporter.web.server import WebServer
 
-    cli_options.setup_logging(args.log_level)
+    cli_options.setup_logging(args)
     try:
         source = PolicySource(args.policy_file)
     except PolicyError as error:
@@ -110,7 +122,7 @@ def main(args: argparse.Namespace) -> int:
         args.listen_address,
         web_config,
         lambda: renderer.render(controller.snapshot),
-        lambda: renderer.landing_page(controller.snapshot),
+        lambda: render_landing_page(__version__, controller.snapshot),
     )
     try:
         server.start()

@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from exporter.commands import options as cli_options
 from exporter.core.decisions import DiskDecision, DiskState
@@ -25,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument(
         "--interval",
-        type=float,
+        type=cli_options.seconds_between(0.1, 3600),
         default=2.0,
         metavar="SECONDS",
-        help="seconds between redraws with --watch (default: 2)",
+        help="seconds between redraws with --watch, 0.1 to 3600 (default: 2)",
     )
 
 
@@ -66,7 +67,7 @@ def main(args: argparse.Namespace) -> int:
             if not args.watch:
                 print(frame)
                 return 0
-            print(CLEAR_SCREEN + frame, flush=True)
+            redraw(frame, sys.stdout)
             sleep(clock, args.interval)
     except HostError as error:
         print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
@@ -75,6 +76,12 @@ def main(args: argparse.Namespace) -> int:
         return 0
     finally:
         host.close()
+
+
+def redraw(frame: str, out: TextIO) -> None:
+    """One --watch frame: over the last one on a terminal, after it (no escape codes) elsewhere."""
+    out.write((CLEAR_SCREEN if out.isatty() else "\n") + frame + "\n")
+    out.flush()
 
 
 def _jobs(observation: Observation) -> dict[DiskKey, BlockJob]:

@@ -235,14 +235,13 @@ class Controller:
         self._notifier.reloading()
         result = self._source.reload()
         self._notifier.ready()
-        if result.error is not None:
-            self._reload_ok = False
-            self._policy_error = result.error
-            self.snapshot = self._build_snapshot()
-            return False
-        self._reload_ok = True
-        self._policy_error = None
-        self._reload_success_at = self._clock.time()
+        self._reload_ok = result.error is None
+        self._policy_error = result.error
+        if self._reload_ok:
+            self._reload_success_at = self._clock.time()
+        # Every completed load is published at once, even one that changes nothing to plan
+        # (the policy in force restored after a broken one): the status must not wait a resync.
+        self.snapshot = self._build_snapshot()
         return result.changed
 
     # -- reconcile --------------------------------------------------------------------------

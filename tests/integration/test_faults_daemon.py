@@ -166,7 +166,7 @@ def test_corrupt_state_file_is_moved_aside_and_the_daemon_works(
     daemon.start()
     aside = list(daemon.state_dir.glob("state.json.corrupt-*"))
     assert [p.read_bytes() for p in aside] == [garbage]
-    assert "WARNING" in daemon.log() and "unreadable" in daemon.log()
+    assert "level=warn" in daemon.log() and "unreadable" in daemon.log()
     daemon.wait_value("blockpull_jobs_completed_total", equals=1, timeout=20, **subject.labels())
     assert counters(daemon, subject) == expected_counters(started=1, completed=1)
     assert json.loads((daemon.state_dir / "state.json").read_text())["version"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from freezegun import freeze_time
 
 from exporter.cli import main
-from exporter.commands.status import eta, progress_bar
+from exporter.commands.status import CLEAR_SCREEN, eta, progress_bar, redraw
 from exporter.core.model import BlockJob, DiskKey, JobType
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +92,16 @@ def test_eta_is_unknown_without_a_rate_and_absent_when_done():
 
 def test_status_keys_render_as_domain_slash_disk():
     assert str(DiskKey("web-1", "vda")) == "web-1/vda"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_status_watch_clears_the_screen_only_on_a_terminal():
+    terminal, pipe = _Terminal(), io.StringIO()
+    redraw("frame", terminal)
+    redraw("frame", pipe)
+    assert terminal.getvalue() == CLEAR_SCREEN + "frame\n"
+    assert "\x1b" not in pipe.getvalue() and pipe.getvalue() == "\nframe\n"

@@ -207,6 +207,23 @@ def test_a_broken_policy_on_reload_keeps_the_last_good_one(tmp_path):
     assert host.job(WEB1).bandwidth == 10 * MiB
 
 
+def test_restoring_the_policy_in_force_after_a_broken_one_publishes_success_at_once(tmp_path):
+    host = web_host(size=1000 * MiB)
+    policy = write_policy(tmp_path / "p.yaml", bandwidth="10MiB/s")
+    controller = make_controller(host, policy, resync_interval=3600.0)
+    run_for(controller, host, 5)
+    good = policy.read_text()
+    policy.write_text("version: 1\ndefaults: {bandwidth: fast}\n")
+    controller.inbox.put(Reload())
+    run_for(controller, host, 0.1)
+    assert not controller.snapshot.policy_reload_ok
+    policy.write_text(good)
+    controller.inbox.put(Reload())
+    run_for(controller, host, 0.1)
+    assert controller.snapshot.policy_reload_ok
+    assert controller.snapshot.policy_error is None
+
+
 def test_a_policy_file_changed_on_disk_is_reloaded_without_a_signal(tmp_path):
     host = web_host(size=1000 * MiB)
     policy = write_policy(tmp_path / "p.yaml", bandwidth="10MiB/s")

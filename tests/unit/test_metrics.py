@@ -339,9 +339,3 @@ def test_outcome_counters_keep_ignored_disks_with_counts() -> None:
         (*disk("db-1"), ("reason", "external")): 1,
         (*disk("db-1"), ("reason", "window_closed")): 0,
     }
-
-
-def test_renderer_serves_the_landing_page_for_the_snapshot() -> None:
-    page = MetricsRenderer(VERSION).landing_page(s.realistic_snapshot())
-    assert f"Version {VERSION}" in page
-    assert 'href="metrics"' in page
