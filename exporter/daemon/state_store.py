@@ -1,8 +1,11 @@
-"""The retry and job memory on disk: `<state.dir>/state.json`, written atomically.
+"""The retry and job memory on disk: `<state.dir>/state.json`, written atomically, 0600, in a
+directory made 0700.
 
-A missing file is a first start. A corrupt one is moved aside (never deleted) and the daemon
-starts with an empty memory: the worst case is that a running pull is adopted as new and a
-failed disk gets its retries again.
+A missing file is a first start. One that cannot be read as a state (corrupt, unreadable, or
+not a regular file: a directory, a FIFO, a symbolic link) is moved aside (never deleted) and
+the daemon starts with an empty memory: the worst case is that a running pull is adopted as new
+and a failed disk gets its retries again. A failed save raises OSError and leaves nothing
+behind; the controller decides what that means.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ from typing import Any
 
 from exporter.core.memory import Failures, Memory, TrackedJob
 from exporter.core.model import DiskKey
+from exporter.files import (
+    NotRegularFileError,
+    make_private_directory,
+    read_regular_file,
+    write_atomically,
+)
 
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -76,36 +85,51 @@ class StateStore:
         self.path = directory / "state.json"
 
     def load(self) -> Memory:
-        """The memory; a corrupt file is moved aside (kept for a post-mortem) and ignored."""
+        """The memory; a state path that is not a readable state is moved aside and ignored."""
         try:
-            raw = self.path.read_bytes()
+            return decode(json.loads(read_regular_file(self.path)))
         except FileNotFoundError:
             return Memory()
-        try:
-            return decode(json.loads(raw))
+        except NotRegularFileError as error:
+            problem = f"is {error.kind}, not a regular file"
+        except OSError as error:
+            problem = f"cannot be read ({error.strerror})"
         except (ValueError, KeyError, TypeError) as error:
-            aside = self.path.with_name(f"state.json.corrupt-{os.getpid()}")
-            self.path.replace(aside)
-            log.warning(
-                "state file %s is unreadable (%s); moved to %s, starting afresh",
-                self.path,
-                error,
-                aside,
-            )
-            return Memory()
+            problem = f"is unreadable ({error})"
+        self._move_aside(problem)
+        return Memory()
 
     def load_readonly(self) -> Memory:
         """The memory for commands that act on nothing: any problem reads as empty."""
         try:
-            return decode(json.loads(self.path.read_bytes()))
+            return decode(json.loads(read_regular_file(self.path)))
         except (OSError, ValueError, KeyError, TypeError):
             return Memory()
 
     def save(self, memory: Memory) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".state.json.{os.getpid()}.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            json.dump(encode(memory), handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self.path)
+        """Raises OSError when the state cannot be written (no temp file is left then)."""
+        make_private_directory(self.path.parent)
+        write_atomically(self.path, json.dumps(encode(memory), indent=1).encode())
+
+    def _move_aside(self, problem: str) -> None:
+        aside = self._aside_path()
+        try:
+            self.path.replace(aside)
+        except OSError as error:
+            log.warning(
+                "state file %s %s and cannot be moved aside (%s); starting afresh",
+                self.path,
+                problem,
+                error.strerror,
+            )
+            return
+        log.warning("state file %s %s; moved to %s, starting afresh", self.path, problem, aside)
+
+    def _aside_path(self) -> Path:
+        """`state.json.corrupt-<pid>`, with a suffix when that is taken (a container's pid 1)."""
+        first = self.path.with_name(f"{self.path.name}.corrupt-{os.getpid()}")
+        aside, n = first, 0
+        while os.path.lexists(aside):
+            n += 1
+            aside = first.with_name(f"{first.name}.{n}")
+        return aside
