@@ -186,7 +186,9 @@ def windows_and_reloads(lab: common.Lab, reloads: int, lead: float) -> list[Samp
             d.job.bandwidth
             for dom in probe.observe().domains
             for d in dom.disks
-            if d.job is not None and DiskKey(dom.name, d.target) not in mine
+            if d.job is not None
+            and d.job.bandwidth is not None
+            and DiskKey(dom.name, d.target) not in mine
         )
     finally:
         probe.close()

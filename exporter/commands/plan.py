@@ -46,8 +46,7 @@ def main(args: argparse.Namespace) -> int:
 def describe_budget(budget: Budget) -> str:
     from exporter.policy.units import format_bytes_rate
 
-    rate = "unlimited" if budget.bandwidth is None else format_bytes_rate(budget.bandwidth)
-    return f"{rate}, {budget.max_concurrent} at once"
+    return f"{format_bytes_rate(budget.bandwidth)}, {budget.max_concurrent} at once"
 
 
 def describe_action(action: Action) -> str:
@@ -55,7 +54,7 @@ def describe_action(action: Action) -> str:
 
     if isinstance(action, AbortPull):
         return f"abort {action.key}: {action.reason}"
-    speed = "unlimited" if action.bandwidth is None else format_bytes_rate(action.bandwidth)
+    speed = format_bytes_rate(action.bandwidth)
     if isinstance(action, SetSpeed):
         return f"set speed of {action.key} to {speed}: {action.reason}"
     assert isinstance(action, StartPull)

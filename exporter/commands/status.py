@@ -127,7 +127,7 @@ def render_status(
             progress_bar(job.cur, job.end),
             format_bytes_rate(int(rates[key])) if key in rates else "?",
             eta(job, rates.get(key)),
-            "unlimited" if job.bandwidth == 0 else format_bytes_rate(job.bandwidth),
+            format_bytes_rate(job.bandwidth),
         )
         for key, job in jobs
     ]

@@ -38,7 +38,7 @@ order.
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
    order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
    the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
-   limit differs from its share (job bandwidth 0 = unlimited = None). A foreign job without a
+   limit differs from its share (None = unlimited, for both). A foreign job without a
    limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
    at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
    aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
@@ -265,10 +265,6 @@ def _is_lower(new: int | None, old: int | None) -> bool:
     return old is None or new < old
 
 
-def _job_limit(job: BlockJob | None) -> int | None:
-    return job.bandwidth if job is not None and job.bandwidth > 0 else None
-
-
 def _pending_reason(budget: Budget, alloc: Allocation) -> str:
     if alloc.free_slots > alloc.start:
         return "waiting: the bandwidth budget left cannot give another pull 1 byte/s"
@@ -347,7 +343,7 @@ def plan(observation: Observation, policy: Policy, now: datetime, memory: Memory
             why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
     for item in kept:
-        current = _job_limit(item.job)
+        current = item.job.bandwidth if item.job is not None else None
         if current != share:
             speed = SetSpeed(item.key, share, _speed_reason(budget, pulls))
             (cuts if _is_lower(share, current) else raises).append(speed)

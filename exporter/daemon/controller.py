@@ -270,7 +270,7 @@ class Controller:
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
-            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
+            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
         self._save_memory()

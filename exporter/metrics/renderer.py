@@ -137,8 +137,8 @@ def _histogram(name: str, help_text: str, hist: Histogram) -> Family:
 
 
 def _bandwidth(value: int | None) -> float:
-    """libvirt's 0 and the policy's None both mean unlimited: +Inf, so `>` comparisons hold."""
-    return INF if not value else float(value)
+    """None (unlimited) is +Inf, so `>` comparisons hold."""
+    return INF if value is None else float(value)
 
 
 def _families(snapshot: Snapshot | None, version: str) -> list[Family]:

@@ -353,7 +353,7 @@ def _job_info(conn: libvirt.virConnect, key: DiskKey) -> BlockJob | None:
         type=JobType.PULL if info.get("type") == PULL else JobType.UNKNOWN,
         cur=int(info.get("cur", 0)),
         end=int(info.get("end", 0)),
-        bandwidth=int(info.get("bandwidth", 0)),
+        bandwidth=int(info.get("bandwidth", 0)) or None,  # libvirt's 0 = unlimited
     )
 
 

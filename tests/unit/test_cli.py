@@ -81,8 +81,8 @@ def test_progress_bar_fills_in_proportion():
 
 
 def test_eta_is_unknown_without_a_rate_and_absent_when_done():
-    job = BlockJob(JobType.PULL, 10, 100, 0)
-    assert (eta(job, None), eta(job, 9.0), eta(BlockJob(JobType.PULL, 5, 5, 0), 1.0)) == (
+    job = BlockJob(JobType.PULL, 10, 100, None)
+    assert (eta(job, None), eta(job, 9.0), eta(BlockJob(JobType.PULL, 5, 5, None), 1.0)) == (
         "?",
         "10s",
         "-",

@@ -108,7 +108,7 @@ def test_running_jobs_export_cursor_end_and_limit() -> None:
 
 
 def test_unlimited_job_bandwidth_is_plus_inf() -> None:
-    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=0)])
+    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=None)])
     limits = values(snapshot, "blockpull_job_bandwidth_limit_bytes_per_second")
     assert limits == {disk("web-1"): math.inf}
 

@@ -14,7 +14,9 @@ pull on its disk fails with "busy". `getAllDomainStats(BLOCK, BACKING)` would gi
 call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
 job: not used.
 
-Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags); 0 = unlimited.
+Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags). libvirt's 0 = unlimited is
+None everywhere else in the daemon: converted here, once each way (`_to_libvirt`,
+`_from_libvirt`).
 `abort()` uses `blockJobAbort(disk, 0)`, which waits until QEMU has cancelled the job (a few
 ms on a pull) and makes libvirt emit BLOCK_JOB_2 `canceled`.
 
@@ -225,9 +227,8 @@ class LibvirtHost:
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
-        speed = bandwidth or 0
         try:
-            self._start(dom, key, base, speed)
+            self._start(dom, key, base, _to_libvirt(bandwidth))
         except HostError as error:
             if error.reason is ErrorReason.DISK_BUSY:  # someone else's job: read it from now on
                 with self._lock:
@@ -253,7 +254,7 @@ class LibvirtHost:
     def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
-        self._call(dom.blockJobSetSpeed, key.disk, bandwidth or 0, flags)
+        self._call(dom.blockJobSetSpeed, key.disk, _to_libvirt(bandwidth), flags)
 
     def abort(self, key: DiskKey) -> None:
         dom = self._handle(self._connection(), key.domain)
@@ -329,7 +330,7 @@ class LibvirtHost:
             type=_JOB_TYPES.get(info.get("type", 0), JobType.UNKNOWN),
             cur=int(info.get("cur", 0)),
             end=int(info.get("end", 0)),
-            bandwidth=int(info.get("bandwidth", 0)),
+            bandwidth=_from_libvirt(int(info.get("bandwidth", 0))),
         )
 
     def _handle(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
@@ -468,6 +469,14 @@ class LibvirtHost:
             sink(event)
         except Exception:  # a broken sink must not unwind into libvirt's C event loop
             log.exception("event sink failed on %s", event)
+
+
+def _to_libvirt(bandwidth: int | None) -> int:
+    return 0 if bandwidth is None else bandwidth  # libvirt: 0 = unlimited
+
+
+def _from_libvirt(bandwidth: int) -> int | None:
+    return bandwidth if bandwidth > 0 else None  # libvirt: 0 = unlimited
 
 
 def _dispose(session: _Session) -> None:
