@@ -26,6 +26,7 @@ from exporter.core.decisions import (
     StartPull,
 )
 from exporter.core.host import Host
+from exporter.core.job_rate import CursorSample, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -134,7 +135,7 @@ class Controller:
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
         self._rates: dict[DiskKey, float] = {}
-        self._samples: dict[DiskKey, tuple[int, float]] = {}
+        self._samples: dict[DiskKey, CursorSample] = {}
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
@@ -417,17 +418,22 @@ class Controller:
             self.snapshot = self._build_snapshot()
 
     def _measure_rates(self) -> None:
-        """Measure each job's rate from its cursor between two reads; drop finished jobs."""
+        """Measure each job's rate from its cursor between two reads; drop finished jobs.
+
+        The earlier read is kept until a second has passed, so that reads in quick succession
+        do not measure noise."""
         now = self._clock.monotonic()
         rates: dict[DiskKey, float] = {}
-        samples: dict[DiskKey, tuple[int, float]] = {}
+        samples: dict[DiskKey, CursorSample] = {}
         for key, job in self._jobs.items():
+            sample = CursorSample(job.cur, now)
             previous = self._samples.get(key)
-            if previous is not None and now > previous[1] and job.cur >= previous[0]:
-                rates[key] = (job.cur - previous[0]) / (now - previous[1])
-                samples[key] = (job.cur, now) if now - previous[1] >= 1.0 else previous
+            rate = rate_between(previous, sample) if previous is not None else None
+            if previous is not None and rate is not None:
+                rates[key] = rate
+                samples[key] = sample if now - previous.at >= 1.0 else previous
             else:
-                samples[key] = (job.cur, now)
+                samples[key] = sample
                 if key in self._rates:
                     rates[key] = self._rates[key]
         self._rates, self._samples = rates, samples
