@@ -62,8 +62,9 @@ RACE_REASONS = frozenset(
         ErrorReason.CONNECTION,
     }
 )
-# A refused connection costs nothing, and a libvirtd back from a restart should be seen within
-# seconds; the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
+# The one reconnect backoff (the libvirt adapter tries whenever it is called): a refused
+# connection costs nothing, and a libvirtd back from a restart should be seen within seconds;
+# the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
 MAX_CONNECT_BACKOFF = 5.0
 STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds

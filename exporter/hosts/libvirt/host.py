@@ -21,11 +21,10 @@ None everywhere else in the daemon: converted here, once each way (`_to_libvirt`
 ms on a pull) and makes libvirt emit BLOCK_JOB_2 `canceled`.
 
 Connection: keepalive 5 s x 3 and a close callback. When the connection drops, the sink gets
-ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call after the backoff
-delay (0 for the first attempt, then doubling up to `max_backoff`, kept below the controller's
-own cap so that the controller's attempts are never refused here) reconnects, registers the
-event callbacks again and emits ConnectionEvent(up=True) so the controller resyncs. Nothing
-retries on its own: no thread sleeps or loops on reconnection.
+ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call tries to
+reconnect (how often is the caller's choice: the controller backs off, on its injected clock),
+registers the event callbacks again and emits ConnectionEvent(up=True) so the controller
+resyncs. Nothing retries on its own: no thread sleeps or loops on reconnection.
 """
 
 from __future__ import annotations
@@ -134,8 +133,6 @@ class LibvirtHost:
         connect: Connect = libvirt.open,
         clock: Callable[[], float] = time.monotonic,
         keepalive: tuple[int, int] = (5, 3),
-        min_backoff: float = 0.5,
-        max_backoff: float = 2.0,
         loop: EventLoop | None = None,
         job_sweep_interval: float = 300.0,
     ) -> None:
@@ -145,17 +142,12 @@ class LibvirtHost:
         self._connect = connect
         self._clock = clock
         self._keepalive = keepalive
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
         self._loop = loop if loop is not None else shared_loop()
         self._loop.acquire()
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._sink: EventSink | None = None
         self._ever_connected = False
-        self._failures = 0
-        self._next_attempt = 0.0
-        self._last_error = ""
         self._closed = False
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
@@ -368,13 +360,6 @@ class LibvirtHost:
             if session is not None and not session.lost:
                 return session.conn
             self._session = None
-            now = self._clock()
-            if now < self._next_attempt:
-                wait = self._next_attempt - now
-                raise HostError(
-                    ErrorReason.CONNECTION,
-                    f"{self._uri} unreachable, next attempt in {wait:.1f} s: {self._last_error}",
-                )
         if session is not None:
             _dispose(session)
         return self._reconnect()
@@ -389,18 +374,10 @@ class LibvirtHost:
         except libvirt.libvirtError as error:
             if session is not None:
                 _dispose(session)
-            failure = host_error(error)
-            with self._lock:
-                self._failures += 1
-                delay = self._min_backoff * 2 ** (self._failures - 1)
-                self._next_attempt = self._clock() + min(delay, self._max_backoff)
-                self._last_error = failure.message
-            raise HostError(ErrorReason.CONNECTION, failure.message) from error
+            raise HostError(ErrorReason.CONNECTION, host_error(error).message) from error
         with self._lock:
             reconnected = self._ever_connected
             self._ever_connected = True
-            self._failures = 0
-            self._next_attempt = 0.0
             self._session = session
             self._domains = {}
             self._sweep.restart()  # jobs may have started or ended while disconnected
