@@ -75,10 +75,14 @@ def read_regular_file(path: Path) -> bytes:
         if error.errno in (errno.ELOOP, errno.ENXIO):  # a link (O_NOFOLLOW), a socket
             raise NotRegularFileError(path, _kind(os.lstat(path).st_mode)) from error
         raise
-    with os.fdopen(fd, "rb") as handle:
+    try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFileError(path, _kind(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         return handle.read()
 
 

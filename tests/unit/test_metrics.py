@@ -79,6 +79,8 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_libvirt_up": "gauge",
         "blockpull_policy_last_reload_successful": "gauge",
         "blockpull_policy_last_reload_success_timestamp_seconds": "gauge",
+        "blockpull_state_last_save_successful": "gauge",
+        "blockpull_state_save_failures": "counter",
         "blockpull_reconcile_duration_seconds": "histogram",
         "blockpull_last_reconcile_success_timestamp_seconds": "gauge",
         "blockpull_build_info": "gauge",
