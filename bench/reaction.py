@@ -41,6 +41,7 @@ from helpers import wait_for
 from exporter.core.clock import SystemClock
 from exporter.core.model import DiskKey
 from exporter.daemon.controller import Reload
+from exporter.files import write_atomically
 from exporter.hosts.libvirt.host import LibvirtHost
 
 MiB = common.MiB
@@ -158,13 +159,6 @@ def window_policy(prefix: str, opens: float, bandwidth: int) -> str:
     )
 
 
-def replace(path: Path, text: str) -> None:
-    """Atomically, as config management does: a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def windows_and_reloads(lab: common.Lab, reloads: int, lead: float) -> list[Sample]:
     mine = set()
     for i in range(2):  # one pull per QEMU: QEMU 7.2 here crashed with several in one domain
@@ -215,7 +209,9 @@ def windows_and_reloads(lab: common.Lab, reloads: int, lead: float) -> list[Samp
             bandwidth = 3 - bandwidth  # foreign + 1 <-> 2 MiB/s, shared by the two pulls
             how = "SIGHUP" if i % 2 == 0 else "file rewritten"
             before = len(_calls(host, "set_speed", mine))
-            replace(policy, window_policy(lab.prefix + "w", opens, budgets[bandwidth]))
+            # Atomically, as config management does: a reader never sees half a file.
+            text = window_policy(lab.prefix + "w", opens, budgets[bandwidth])
+            write_atomically(policy, text.encode(), mode=0o644)
             sent = time.monotonic()
             if how == "SIGHUP":
                 os.kill(os.getpid(), signal.SIGHUP)
