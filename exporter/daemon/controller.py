@@ -46,7 +46,7 @@ from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, se
 from exporter.core.planner import plan
 from exporter.daemon.histogram import HistogramAccumulator
 from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
-from exporter.daemon.state_store import StateStore
+from exporter.daemon.state_store import StateSaver, StateStore
 from exporter.policy.source import PolicySource
 from exporter.policy.values import Policy
 
@@ -127,9 +127,7 @@ class Controller:
         self._notifier: Notifier = notifier or _NoNotifier()
         self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
         self._memory = store.load() if store else Memory()
-        self._save_attempted = self._memory  # the memory last saved, or last failed to save
-        self._state_saved: bool | None = None if store else True  # None: no save tried yet
-        self._state_save_failures = 0
+        self._state = StateSaver(store, self._memory)
         self._started: Counter[DiskKey] = Counter()
         self._completed: Counter[DiskKey] = Counter()
         self._failed: Counter[DiskKey] = Counter()
@@ -229,7 +227,7 @@ class Controller:
         if self._options.abort_on_shutdown:
             for key in sorted(self._memory.tracked):
                 self._apply(AbortPull(key, AbortReason.SHUTDOWN), None)
-        self._save_memory(again=True)
+        self._state.save(self._memory, again=True)
         self.snapshot = self._build_snapshot()
         self._host.close()
 
@@ -265,14 +263,14 @@ class Controller:
             self._down_since = None
         epoch = self._clock.time()
         self._settle(observation, epoch)
-        self._save_memory(again=True)  # not tried yet, or failing: find out before starting pulls
+        self._state.save(self._memory, again=True)  # failing, or never tried: find out first
         policy = self._source.policy
         current = plan(
             observation,
             policy,
             now_of(self._clock),
             self._memory,
-            state_saved=self._state_saved is not False,
+            state_saved=self._state.saved,
         )
         self._adopt(current, observation, epoch)
         disks = observation.disks()
@@ -284,7 +282,7 @@ class Controller:
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
-        self._save_memory()
+        self._state.save(self._memory)
         finished = self._clock.monotonic()
         self._durations.observe(finished - started)
         self._last_success = self._clock.time()
@@ -450,35 +448,6 @@ class Controller:
 
     # -- publishing -------------------------------------------------------------------------
 
-    def _save_memory(self, *, again: bool = False) -> None:
-        """Save the memory if it changed since the last attempt; `again`: also if that attempt
-        failed, or none was made.
-
-        A failed save never stops the loop: it is logged once (and once more when saving works
-        again) and counted, and the planner starts no pull meanwhile.
-        """
-        if self._store is None:
-            return
-        if self._memory == self._save_attempted and (self._state_saved or not again):
-            return
-        self._save_attempted = self._memory
-        try:
-            self._store.save(self._memory)
-        except OSError as error:
-            self._state_save_failures += 1
-            if self._state_saved is not False:
-                log.error(
-                    "cannot save the state to %s: %s; no new pull starts until it can be saved "
-                    "(a restart could not adopt it), running pulls go on",
-                    self._store.path,
-                    error,
-                )
-            self._state_saved = False
-            return
-        if self._state_saved is False:
-            log.info("the state is saved to %s again; pulls may start", self._store.path)
-        self._state_saved = True
-
     def _build_snapshot(self) -> Snapshot:
         policy = self._source.policy
         tracked = self._memory.tracked
@@ -505,6 +474,6 @@ class Controller:
             policy_error=self._policy_error,
             reconcile_duration=self._durations.freeze(),
             last_reconcile_success_at=self._last_success,
-            state_saved=self._state_saved is not False,
-            state_save_failures=self._state_save_failures,
+            state_saved=self._state.saved,
+            state_save_failures=self._state.failures,
         )

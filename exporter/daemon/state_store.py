@@ -5,7 +5,8 @@ A missing file is a first start. One that cannot be read as a state (corrupt, un
 not a regular file: a directory, a FIFO, a symbolic link) is moved aside (never deleted) and
 the daemon starts with an empty memory: the worst case is that a running pull is adopted as new
 and a failed disk gets its retries again. A failed save raises OSError and leaves nothing
-behind; the controller decides what that means.
+behind; `StateSaver` is how the controller saves: it never raises, and tells whether the
+last save worked (while it does not, the daemon starts no pull: a restart could not adopt it).
 """
 
 from __future__ import annotations
@@ -133,3 +134,42 @@ class StateStore:
             n += 1
             aside = first.with_name(f"{first.name}.{n}")
         return aside
+
+
+class StateSaver:
+    """Saves the memory through a StateStore (None: nowhere) when it changed since the last
+    attempt. A failed save is never raised: it is logged once (and once more when saving works
+    again) and counted."""
+
+    def __init__(self, store: StateStore | None, memory: Memory) -> None:
+        self._store = store
+        self._attempted = memory  # the memory last saved, or last failed to save
+        self._ok: bool | None = None if store else True  # None: no save tried yet
+        self.failures = 0
+
+    @property
+    def saved(self) -> bool:
+        """False while saving fails (True before the first attempt)."""
+        return self._ok is not False
+
+    def save(self, memory: Memory, *, again: bool = False) -> None:
+        """`again`: also when the memory is the one of a failed attempt, or none was tried."""
+        if self._store is None or (memory == self._attempted and (self._ok or not again)):
+            return
+        self._attempted = memory
+        try:
+            self._store.save(memory)
+        except OSError as error:
+            self.failures += 1
+            if self._ok is not False:
+                log.error(
+                    "cannot save the state to %s: %s; no new pull starts until it can be saved "
+                    "(a restart could not adopt it), running pulls go on",
+                    self._store.path,
+                    error,
+                )
+            self._ok = False
+            return
+        if self._ok is False:
+            log.info("the state is saved to %s again; pulls may start", self._store.path)
+        self._ok = True

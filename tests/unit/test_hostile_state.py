@@ -268,7 +268,7 @@ def test_running_pulls_go_on_while_saves_fail_and_new_ones_wait_until_saving_wor
 def test_a_failing_save_is_logged_once_and_its_recovery_once(tmp_path, state_disk, caplog):
     host = web_host(count=2)
     controller = make_controller(host, write_policy(tmp_path / "p.yaml"), state=tmp_path / "s")
-    with caplog.at_level(logging.INFO, logger="exporter.daemon.controller"):
+    with caplog.at_level(logging.INFO, logger="exporter.daemon.state_store"):
         state_disk.broken = True
         run_for(controller, host, 300)
         state_disk.broken = False
