@@ -174,7 +174,9 @@ def windows_and_reloads(lab: Lab, reloads: int, lead: float) -> list[Sample]:
             d.job.bandwidth
             for dom in probe.observe().domains
             for d in dom.disks
-            if d.job is not None and DiskKey(dom.name, d.target) not in mine
+            if d.job is not None
+            and d.job.bandwidth is not None
+            and DiskKey(dom.name, d.target) not in mine
         )
     finally:
         probe.close()

@@ -55,7 +55,8 @@ from exporter.core.model import (
 from exporter.core.planner import plan
 from exporter.daemon.controller import Controller, ControllerOptions
 from exporter.hosts.libvirt.job_sweep import JobSweep
-from exporter.hosts.sim.world import LIBVIRT_9_LATENCY, GiB, Latency, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import LIBVIRT_9_LATENCY, Latency, SimulatedHost
+from exporter.hosts.sim.records import GiB, SimDisk
 from exporter.metrics.renderer import SnapshotCollector, render
 from exporter.policy.source import PolicySource
 

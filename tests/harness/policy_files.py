@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from exporter.files import write_atomically
+
 # Other engineers' block jobs on the shared libvirtd are foreign jobs to the daemon and take a
 # slot each: policies that must never wait for a slot leave room for all of them.
 ROOM_FOR_FOREIGN_JOBS = 500
@@ -81,7 +83,5 @@ def policy_for_domains(
 
 def write_policy(path: Path, text: str) -> Path:
     """`text` (valid or not: tests write broken files too) at `path`, atomically."""
-    aside = path.with_name(f".{path.name}.tmp")
-    aside.write_text(text)
-    aside.replace(path)
+    write_atomically(path, text.encode(), mode=0o644)  # a daemon as another user reads it
     return path

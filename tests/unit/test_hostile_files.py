@@ -26,7 +26,7 @@ from exporter.commands import check
 from exporter.config_file.composing import MAX_NODES
 from exporter.config_file.issues import MAX_REPORTED
 from exporter.daemon.controller import Controller
-from exporter.hosts.sim.world import SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
 from exporter.policy.source import PolicySource
 from exporter.web.config import WebConfigError, load_web_config
 

@@ -118,7 +118,7 @@ def test_file_round_trip_preserves_chains_jobs_and_faults(uri: str) -> None:
     clock = ManualClock()
     host = open_sim_host(uri, clock)
     host.start_pull(WEB1, "/var/lib/libvirt/images/templates/os-base-12.qcow2", 5 * 1024**2)
-    host.add_foreign_job(WEB2, JobType.COPY, 0)
+    host.add_foreign_job(WEB2, JobType.COPY)
     host.destroy_domain("db-1")
     host.fail_next_start(DiskKey("db-2", "vda"), ErrorReason.DISK_BUSY)
     clock.advance(2)
