@@ -109,10 +109,12 @@ class SimFileHost(SimulatedHost):
         return self._path
 
     def _begin_persistence(self, mutating: bool) -> None:
-        handle = self._lock_path.open("a")
+        with _unreachable_on_os_error(self._path):
+            handle = self._lock_path.open("a")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if mutating else fcntl.LOCK_SH)
-            self._reload_locked()
+            with _unreachable_on_os_error(self._path):
+                fcntl.flock(handle, fcntl.LOCK_EX if mutating else fcntl.LOCK_SH)
+                self._reload_locked()
         except BaseException:
             handle.close()  # closing drops the lock
             raise
@@ -122,7 +124,8 @@ class SimFileHost(SimulatedHost):
         handle, self._lock_handle = self._lock_handle, None
         try:
             if mutating:
-                self._write(state.encode(self._parts_locked()))
+                with _unreachable_on_os_error(self._path):
+                    self._write(state.encode(self._parts_locked()))
         finally:
             if handle is not None:
                 handle.close()
@@ -171,6 +174,18 @@ def _parse(raw: bytes, path: Path) -> dict[str, Any]:
     if not isinstance(host, dict):
         raise SimStateError(f"{path}: no host state")
     return host
+
+
+@contextmanager
+def _unreachable_on_os_error(path: Path) -> Iterator[None]:
+    """The file is this host's libvirtd: when it cannot be read or written (too many open
+    files, a full disk), the host is unreachable, which the daemon survives and retries."""
+    try:
+        yield
+    except NotRegularFileError:
+        raise
+    except OSError as error:
+        raise HostError(ErrorReason.CONNECTION, f"{path}: {error.strerror or error}") from error
 
 
 @contextmanager
