@@ -20,11 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from exporter.core.clock import SystemClock, now_of
+    from exporter.commands.saved_state_plan import plan_with_saved_state
+    from exporter.core.clock import SystemClock
     from exporter.core.model import HostError
-    from exporter.daemon.hold_store import HoldStore
-    from exporter.daemon.planning import plan_reading_domains
-    from exporter.daemon.state_store import StateStore
     from exporter.hosts import open_host
     from exporter.policy.loader import PolicyError, load_policy
 
@@ -34,12 +32,10 @@ def main(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     clock = SystemClock()
-    memory = StateStore(args.state_dir).load_readonly()
-    holds = HoldStore(args.state_dir).read()
     host = open_host(args.libvirt_uri, clock)
     try:
         observation = host.observe()
-        result, _ = plan_reading_domains(host, observation, policy, now_of(clock), memory, holds)
+        result, holds = plan_with_saved_state(host, observation, policy, clock, args.state_dir)
     except HostError as error:
         print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
         return 1
@@ -52,8 +48,7 @@ def main(args: argparse.Namespace) -> int:
 def describe_budget(budget: Budget) -> str:
     from exporter.policy.units import format_bytes_rate
 
-    rate = "unlimited" if budget.bandwidth is None else format_bytes_rate(budget.bandwidth)
-    return f"{rate}, {budget.max_concurrent} at once"
+    return f"{format_bytes_rate(budget.bandwidth)}, {budget.max_concurrent} at once"
 
 
 def space_lines(checks: Sequence[SpaceCheck]) -> list[str]:
@@ -73,7 +68,7 @@ def describe_action(action: Action) -> str:
 
     if isinstance(action, AbortPull):
         return f"abort {action.key}: {action.reason}"
-    speed = "unlimited" if action.bandwidth is None else format_bytes_rate(action.bandwidth)
+    speed = format_bytes_rate(action.bandwidth)
     if isinstance(action, SetSpeed):
         return f"set speed of {action.key} to {speed}: {action.reason}"
     assert isinstance(action, StartPull)

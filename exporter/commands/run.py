@@ -95,9 +95,6 @@ def main(args: argparse.Namespace) -> int:
     except PolicyError as error:
         print(f"blockpull-exporter: invalid policy, not starting:\n{error}", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"blockpull-exporter: {args.policy_file}: {error.strerror}", file=sys.stderr)
-        return 1
     try:
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
     except WebConfigError as error:

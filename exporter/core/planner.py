@@ -33,12 +33,13 @@ order.
 
 4. One pull per domain: a candidate whose domain already runs a pull (or gets one in this
    plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
-   together.
+   together. While the daemon cannot save its state (`state_saved` False) no candidate
+   starts: a restart could not adopt the pull. They wait, PENDING; running pulls go on.
    Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
    order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
    the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
-   limit differs from its share (job bandwidth 0 = unlimited = None). A foreign job without a
+   limit differs from its share (None = unlimited, for both). A foreign job without a
    limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
    at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
    aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
@@ -333,10 +334,6 @@ def _is_lower(new: int | None, old: int | None) -> bool:
     return old is None or new < old
 
 
-def _job_limit(job: BlockJob | None) -> int | None:
-    return job.bandwidth if job is not None and job.bandwidth > 0 else None
-
-
 def _pending_reason(budget: Budget, alloc: Allocation) -> str:
     if alloc.free_slots > alloc.start:
         return "waiting: the bandwidth budget left cannot give another pull 1 byte/s"
@@ -405,8 +402,13 @@ def plan(
     memory: Memory,
     *,
     holds: HoldSet = NO_HOLDS,
+    state_saved: bool = True,
 ) -> Plan:
-    """What to do on the host now, and a state with a reason for every disk."""
+    """What to do on the host now, and a state with a reason for every disk.
+
+    `holds`: the operators' holds; `state_saved`: whether the daemon's last save of `memory`
+    succeeded (False starts nothing).
+    """
     open_windows = schedule.open_windows(policy, now)
     budget = schedule.budget_at(policy, open_windows)
     space = SpaceLedger(observation, policy.defaults.min_free)
@@ -417,6 +419,9 @@ def plan(
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
     candidates = sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order)
+    unsaved: list[_Triage] = []
+    if not state_saved:
+        unsaved, candidates = candidates, []
     alloc = allocate(budget, foreign, len(managed), len(candidates))
     chosen = choose_starts(
         [Candidate(t.key, t.disk, t.base) for t in candidates],
@@ -448,7 +453,7 @@ def plan(
             why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
     for item in kept:
-        current = _job_limit(item.job)
+        current = item.job.bandwidth if item.job is not None else None
         if current != share:
             speed = SetSpeed(item.key, share, _speed_reason(budget, pulls))
             (cuts if _is_lower(share, current) else raises).append(speed)
@@ -459,6 +464,9 @@ def plan(
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     for wait in chosen.waiting:
         decided[wait.key] = by_key[wait.key].decided(wait.state, wait.reason)
+    for item in unsaved:
+        why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
+        decided[item.key] = item.decided(DiskState.PENDING, why)
 
     decisions = tuple(
         sorted(

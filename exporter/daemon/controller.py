@@ -34,6 +34,7 @@ from exporter.core.decisions import (
 )
 from exporter.core.holds import HoldSet
 from exporter.core.host import Host
+from exporter.core.job_rate import CursorSample, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -54,7 +55,7 @@ from exporter.daemon.histogram import HistogramAccumulator
 from exporter.daemon.hold_store import HoldStore, Stamp
 from exporter.daemon.planning import needs_another_look, plan_reading_domains
 from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
-from exporter.daemon.state_store import StateStore
+from exporter.daemon.state_store import StateSaver, StateStore
 from exporter.policy.source import PolicySource
 from exporter.policy.values import Policy
 
@@ -70,8 +71,9 @@ RACE_REASONS = frozenset(
         ErrorReason.CONNECTION,
     }
 )
-# A refused connection costs nothing, and a libvirtd back from a restart should be seen within
-# seconds; the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
+# The one reconnect backoff (the libvirt adapter tries whenever it is called): a refused
+# connection costs nothing, and a libvirtd back from a restart should be seen within seconds;
+# the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
 MAX_CONNECT_BACKOFF = 5.0
 STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds
@@ -137,7 +139,7 @@ class Controller:
         self._notifier: Notifier = notifier or _NoNotifier()
         self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
         self._memory = store.load() if store else Memory()
-        self._saved_memory = self._memory
+        self._state = StateSaver(store, self._memory)
         self._started: Counter[DiskKey] = Counter()
         self._completed: Counter[DiskKey] = Counter()
         self._failed: Counter[DiskKey] = Counter()
@@ -146,7 +148,7 @@ class Controller:
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
         self._rates: dict[DiskKey, float] = {}
-        self._samples: dict[DiskKey, tuple[int, float]] = {}
+        self._samples: dict[DiskKey, CursorSample] = {}
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
@@ -251,7 +253,7 @@ class Controller:
         if self._options.abort_on_shutdown:
             for key in sorted(self._memory.tracked):
                 self._apply(AbortPull(key, AbortReason.SHUTDOWN), None)
-        self._save_memory()
+        self._state.save(self._memory, again=True)
         self.snapshot = self._build_snapshot()
         self._host.close()
 
@@ -302,10 +304,17 @@ class Controller:
         epoch = self._clock.time()
         self._settle(observation, epoch)
         self._forget_gone_domains(observation)
+        self._state.save(self._memory, again=True)  # failing, or never tried: find out first
         policy = self._source.policy
         try:
             current, observation = plan_reading_domains(
-                self._host, observation, policy, now_of(self._clock), self._memory, self._holds
+                self._host,
+                observation,
+                policy,
+                now_of(self._clock),
+                self._memory,
+                self._holds,
+                state_saved=self._state.saved,
             )
         except HostError as error:
             self._host_unreachable(error)
@@ -317,10 +326,10 @@ class Controller:
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
-            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
+            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
-        self._save_memory()
+        self._state.save(self._memory)
         finished = self._clock.monotonic()
         self._durations.observe(finished - started)
         self._last_success = self._clock.time()
@@ -498,27 +507,27 @@ class Controller:
             self._reconcile()
 
     def _measure_rates(self) -> None:
-        """Measure each job's rate from its cursor between two reads; drop finished jobs."""
+        """Measure each job's rate from its cursor between two reads; drop finished jobs.
+
+        The earlier read is kept until a second has passed, so that reads in quick succession
+        do not measure noise."""
         now = self._clock.monotonic()
         rates: dict[DiskKey, float] = {}
-        samples: dict[DiskKey, tuple[int, float]] = {}
+        samples: dict[DiskKey, CursorSample] = {}
         for key, job in self._jobs.items():
+            sample = CursorSample(job.cur, now)
             previous = self._samples.get(key)
-            if previous is not None and now > previous[1] and job.cur >= previous[0]:
-                rates[key] = (job.cur - previous[0]) / (now - previous[1])
-                samples[key] = (job.cur, now) if now - previous[1] >= 1.0 else previous
+            rate = rate_between(previous, sample) if previous is not None else None
+            if previous is not None and rate is not None:
+                rates[key] = rate
+                samples[key] = sample if now - previous.at >= 1.0 else previous
             else:
-                samples[key] = (job.cur, now)
+                samples[key] = sample
                 if key in self._rates:
                     rates[key] = self._rates[key]
         self._rates, self._samples = rates, samples
 
     # -- publishing -------------------------------------------------------------------------
-
-    def _save_memory(self) -> None:
-        if self._store is not None and self._memory != self._saved_memory:
-            self._store.save(self._memory)
-            self._saved_memory = self._memory
 
     def _build_snapshot(self) -> Snapshot:
         policy = self._source.policy
@@ -546,5 +555,7 @@ class Controller:
             policy_error=self._policy_error,
             reconcile_duration=self._durations.freeze(),
             last_reconcile_success_at=self._last_success,
+            state_saved=self._state.saved,
+            state_save_failures=self._state.failures,
             holds=self._holds,
         )

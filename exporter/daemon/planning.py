@@ -30,12 +30,12 @@ def plan_reading_domains(
     now: datetime,
     memory: Memory,
     holds: HoldSet = NO_HOLDS,
+    *,
+    state_saved: bool = True,
 ) -> tuple[Plan, Observation]:
-    """The plan to act on, and the observation with the domains read for it.
-
-    Raises HostError(CONNECTION) like `Host.inspect`.
-    """
-    current = plan(observation, policy, now, memory, holds=holds)
+    """The plan to act on, and the observation with the domains read for it (arguments as
+    `exporter.core.planner.plan`'s). Raises HostError(CONNECTION) like `Host.inspect`."""
+    current = plan(observation, policy, now, memory, holds=holds, state_saved=state_saved)
     asked: set[str] = set()  # a domain the host could not read is not asked twice
     for _ in range(MAX_ROUNDS):
         wanted = current.inspect - asked
@@ -43,7 +43,7 @@ def plan_reading_domains(
             break
         asked |= wanted
         observation = observation.with_inspections(host.inspect(sorted(wanted)))
-        current = plan(observation, policy, now, memory, holds=holds)
+        current = plan(observation, policy, now, memory, holds=holds, state_saved=state_saved)
     return current, observation
 
 

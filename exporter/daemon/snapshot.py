@@ -57,4 +57,6 @@ class Snapshot:
     policy_error: str | None  # the last reload's error, shown by `status` and the landing page
     reconcile_duration: Histogram
     last_reconcile_success_at: float | None
+    state_saved: bool = True  # False while saving the state fails: no new pull starts then
+    state_save_failures: int = 0  # failed saves since the daemon started
     holds: HoldSet = NO_HOLDS  # as last read from the holds file; `in_force(taken_at)` to show

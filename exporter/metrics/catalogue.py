@@ -44,8 +44,8 @@ def _histogram(name: str, help_text: str, hist: Histogram) -> Family:
 
 
 def _bandwidth(value: int | None) -> float:
-    """libvirt's 0 and the policy's None both mean unlimited: +Inf, so `>` comparisons hold."""
-    return INF if not value else float(value)
+    """None (unlimited) is +Inf, so `>` comparisons hold."""
+    return INF if value is None else float(value)
 
 
 def families(snapshot: Snapshot | None, version: str) -> list[Family]:
@@ -144,6 +144,21 @@ def _status_families(snapshot: Snapshot) -> list[Family]:
                 snapshot.policy_reload_success_at,
             )
         )
+    families += [
+        _single(
+            "blockpull_state_last_save_successful",
+            "1 if the last save of the state file succeeded; while it fails no new pull starts "
+            "(a restart could not adopt it) and running pulls go on.",
+            1.0 if snapshot.state_saved else 0.0,
+        ),
+        Family(
+            "blockpull_state_save_failures",
+            "counter",
+            "Failed saves of the state file (full or read-only state directory, ...).",
+            [NO_LABELS],
+            [float(snapshot.state_save_failures)],
+        ),
+    ]
     families.append(
         _histogram(
             "blockpull_reconcile_duration_seconds",

@@ -14,16 +14,16 @@ instead of minutes; its expression, labels and annotations are those shipped. pr
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import helpers
-import pytest
 import yaml
-from conftest import Domains
-from exporter_process import ExporterProcess, policy_for_domains, running_exporter
-from helpers import DiskSpec
-from prometheus_server import PrometheusServer, free_port, rules_copy, running_prometheus
+from harness.daemon_process import DaemonProcess, running_daemon_process
+from harness.failing_storage import NbdServer
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy_for_domains
+from harness.prometheus_server import PrometheusServer, rules_copy, running_prometheus
+from harness.qemu_images import create_overlay, create_raw_base, same_content
 
 from exporter.core.model import DiskKey
 
@@ -45,12 +45,7 @@ def rules_with_short_for(workdir: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def nbd_port() -> int:
-    return free_port()
-
-
-def _context(daemon: ExporterProcess, prometheus: PrometheusServer) -> str:
+def _context(daemon: DaemonProcess, prometheus: PrometheusServer) -> str:
     return f"{daemon.describe()}\n{prometheus.describe()}"
 
 
@@ -59,16 +54,16 @@ def _labels(key: DiskKey) -> str:
 
 
 def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
     tmp_path: Path,
-    nbd_port: int,
-    nbd_processes: list[subprocess.Popen[bytes]],
+    nbd_servers: list[NbdServer],
 ) -> None:
-    base = helpers.create_raw_base(image_folder, fill_mib=32)
-    export = "base"
-    nbd_processes.append(helpers.start_nbd(base, nbd_port, export))
-    top = helpers.create_nbd_overlay(image_folder, f"nbd://127.0.0.1:{nbd_port}/{export}")
+    base = create_raw_base(image_folder, fill_mib=32)
+    nbd = NbdServer(base)
+    nbd_servers.append(nbd)
+    nbd.start()
+    top = create_overlay(nbd.url, image_folder / "nbd-top.qcow2", backing_format="raw")
     key = DiskKey(domains.start("alert", [DiskSpec("vda", top)]).name(), "vda")
     # Several attempts: QEMU's NBD client may fail the first retry while it reconnects.
     policy = policy_for_domains(
@@ -76,7 +71,7 @@ def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
     )
     rules = rules_with_short_for(tmp_path)
     with (
-        running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon,
+        running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon,
         running_prometheus([daemon.address], tmp_path / "prometheus", rules) as prometheus,
     ):
         labels = _labels(key)
@@ -90,9 +85,9 @@ def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
             what=f"failed_total 0 and a moving cursor for {key} in Prometheus",
             details=daemon.describe(),
         )
-        helpers.stop_nbd(nbd_processes[0])  # the backing store dies mid-pull
+        nbd.kill()  # the backing store dies mid-pull
         daemon.wait_value("blockpull_jobs_failed_total", at_least=1, timeout=60, key=key)
-        nbd_processes.append(helpers.start_nbd(base, nbd_port, export))  # and comes back
+        nbd.start()  # and comes back, on the same port
 
         prometheus.wait_until(
             lambda: bool(prometheus.firing(ALERT, domain=key.domain, disk=key.disk)),
@@ -115,4 +110,4 @@ def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
     assert value("blockpull_disk_consecutive_failures") == 0, context  # reset by the success
     assert value("blockpull_disk_backing_depth") == 0, context  # the NBD base is not needed
     domains.stop(key.domain)  # QEMU flushes the overlay; then its content is the base's
-    assert helpers.same_content(top, base), f"{top} differs from {base}"
+    assert same_content(top, base), f"{top} differs from {base}"

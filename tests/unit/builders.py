@@ -142,7 +142,7 @@ def policy(
 def job(
     kind: JobType = JobType.PULL,
     *,
-    bandwidth: int = 0,
+    bandwidth: int | None = None,
     cur: int = 0,
     end: int = 100 * MiB,
 ) -> BlockJob:
@@ -225,7 +225,7 @@ def key(domain: str, disk: str = "vda") -> DiskKey:
 def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
     """The host after a perfect host applied `actions` in order (pure; asserts they make sense).
 
-    A start creates a pull job at the given speed (None -> 0, unlimited) that reports
+    A start creates a pull job at the given speed (None = unlimited) that reports
     `cur == end == 0`, as libvirt does right after a start; a speed change
     replaces the job's bandwidth, an abort removes the job.
     """
@@ -234,10 +234,10 @@ def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
         current = jobs[action.key]
         if isinstance(action, StartPull):
             assert current is None, f"start on busy disk {action.key}"
-            jobs[action.key] = BlockJob(JobType.PULL, 0, 0, action.bandwidth or 0)  # just started
+            jobs[action.key] = BlockJob(JobType.PULL, 0, 0, action.bandwidth)  # just started
         elif isinstance(action, SetSpeed):
             assert current is not None and current.type is JobType.PULL, action
-            jobs[action.key] = replace(current, bandwidth=action.bandwidth or 0)
+            jobs[action.key] = replace(current, bandwidth=action.bandwidth)
         else:
             assert current is not None and current.type is JobType.PULL, action
             jobs[action.key] = None

@@ -47,7 +47,7 @@ def job(
     *,
     cur: int = 1 * GiB,
     end: int = 4 * GiB,
-    bandwidth: int = 50 * MiB,
+    bandwidth: int | None = 50 * MiB,
     managed: bool = True,
     type: JobType = JobType.PULL,
 ) -> JobProgress:
@@ -153,7 +153,7 @@ def realistic_snapshot() -> Snapshot:
         holds=HoldSet((Hold("web-7", 1_700_000_000.0, 1_700_003_600.0, "backup", "ops"),)),
         jobs=[
             job("web-1", "vda", cur=3 * GiB, end=8 * GiB, bandwidth=400 * MiB),
-            job("other-1", "vdc", bandwidth=0, managed=False, type=JobType.COPY),
+            job("other-1", "vdc", bandwidth=None, managed=False, type=JobType.COPY),
         ],
         counters=counters,
         backing_dependents={

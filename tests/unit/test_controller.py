@@ -20,7 +20,8 @@ from exporter.daemon.controller import (
     Shutdown,
 )
 from exporter.daemon.state_store import StateStore
-from exporter.hosts.sim.world import MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import MiB, SimDisk
 from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"

@@ -79,6 +79,8 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_libvirt_up": "gauge",
         "blockpull_policy_last_reload_successful": "gauge",
         "blockpull_policy_last_reload_success_timestamp_seconds": "gauge",
+        "blockpull_state_last_save_successful": "gauge",
+        "blockpull_state_save_failures": "counter",
         "blockpull_reconcile_duration_seconds": "histogram",
         "blockpull_last_reconcile_success_timestamp_seconds": "gauge",
         "blockpull_build_info": "gauge",
@@ -113,7 +115,7 @@ def test_running_jobs_export_cursor_end_and_limit() -> None:
 
 
 def test_unlimited_job_bandwidth_is_plus_inf() -> None:
-    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=0)])
+    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=None)])
     limits = values(snapshot, "blockpull_job_bandwidth_limit_bytes_per_second")
     assert limits == {disk("web-1"): math.inf}
 

@@ -74,7 +74,9 @@ def held(glob: str, minutes: float = 60, reason: str = "backup") -> HoldSet:
 def on_pool(obs: Observation, fs: FileSystem = POOL, growth: int = 10 * GiB) -> Observation:
     """`obs` with its disks' directory on `fs`, every domain inspected, each pull writing
     `growth` bytes at most."""
-    usage = {k: ChainUsage(100 * GiB, (growth,) * len(d.chain)) for k, (_, d) in obs.disks().items()}
+    usage = {
+        k: ChainUsage(100 * GiB, (growth,) * len(d.chain)) for k, (_, d) in obs.disks().items()
+    }
     return inspected(replace(obs, file_systems={IMAGES: fs}), usage)
 
 
@@ -254,9 +256,7 @@ def test_pulls_starting_together_count_each_others_growth():
 
 def test_a_candidate_waiting_for_space_leaves_its_slot_to_the_next_one():
     small = FileSystem("/small", 10 * GiB, 1 * GiB)
-    obs = observation(
-        domain("web-1", local(source="/small/web-1.qcow2")), domain("web-2", local())
-    )
+    obs = observation(domain("web-1", local(source="/small/web-1.qcow2")), domain("web-2", local()))
     usage = {k: ChainUsage(GiB * 100, (GiB,)) for k in obs.disks()}
     obs = inspected(replace(obs, file_systems={IMAGES: POOL, "/small": small}), usage)
     result = run(obs, policy(max_concurrent=1))
