@@ -9,7 +9,10 @@ daemon restart or a libvirtd restart costs a resync and nothing else.
 Other hands on the same disks are respected: a pull of the daemon's that somebody aborted backs
 off like a failure (`Memory.interruptions`); a speed somebody set by hand is put back at the next
 progress refresh, which notices it and reconciles; holds (`exporter.daemon.hold_store`) are
-checked every `holds_check_interval` (a stat) and take effect at once.
+checked every `holds_check_interval` (a stat) and take effect at once; jobs started by others
+are looked for in parts, when the host says the next part is due (`Host.sweep_jobs`).
+
+One module although a little over 500 lines: it is the one loop, and all of it runs on it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,8 @@ from exporter.core.decisions import (
     SetSpeed,
     StartPull,
 )
-from exporter.core.holds import HoldSet
+from exporter.core.holds import NO_HOLDS, HoldSet
 from exporter.core.host import Host
-from exporter.core.job_rate import CursorSample, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -52,9 +54,11 @@ from exporter.core.model import (
 )
 from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
 from exporter.daemon.histogram import HistogramAccumulator
-from exporter.daemon.hold_store import HoldStore, Stamp
+from exporter.daemon.hold_store import HoldStore, HoldWatch
+from exporter.daemon.outcome_counters import OutcomeCounters
 from exporter.daemon.planning import needs_another_look, plan_reading_domains
-from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
+from exporter.daemon.rate_meter import RateMeter
+from exporter.daemon.snapshot import JobProgress, Snapshot
 from exporter.daemon.state_store import StateSaver, StateStore
 from exporter.policy.source import PolicySource
 from exporter.policy.values import Policy
@@ -140,15 +144,11 @@ class Controller:
         self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
         self._memory = store.load() if store else Memory()
         self._state = StateSaver(store, self._memory)
-        self._started: Counter[DiskKey] = Counter()
-        self._completed: Counter[DiskKey] = Counter()
-        self._failed: Counter[DiskKey] = Counter()
-        self._aborted: Counter[tuple[DiskKey, AbortReason]] = Counter()
+        self._counters = OutcomeCounters()
         self._events: dict[DiskKey, JobOutcome] = {}
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
-        self._rates: dict[DiskKey, float] = {}
-        self._samples: dict[DiskKey, CursorSample] = {}
+        self._rates = RateMeter()
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
@@ -161,9 +161,7 @@ class Controller:
         self._reload_ok = True
         self._reload_success_at: float | None = clock.time()
         self._policy_error: str | None = None
-        self._hold_store = holds
-        self._holds_stamp: Stamp = holds.stamp() if holds else None
-        self._holds = holds.read() if holds else HoldSet()
+        self._hold_watch = HoldWatch(holds) if holds is not None else None
         now = clock.monotonic()
         self._next_full = now
         self._next_progress = now + self._options.progress_interval
@@ -208,7 +206,7 @@ class Controller:
 
     def next_deadline(self) -> float:
         deadline = min(self._next_full, self._next_file_check)
-        if self._hold_store is not None:
+        if self._hold_watch is not None:
             deadline = min(deadline, self._next_holds_check)
         if self._libvirt_up:  # down: only the reconnect backoff wakes us
             deadline = min(deadline, self._next_sweep)
@@ -238,9 +236,9 @@ class Controller:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():
                 full |= self._reload()
-        if self._hold_store is not None and now >= self._next_holds_check:
+        if self._hold_watch is not None and now >= self._next_holds_check:
             self._next_holds_check = now + self._options.holds_check_interval
-            full |= self._reread_holds(self._hold_store)
+            full |= self._hold_watch.changed()
         if full or now >= self._next_full:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
@@ -274,18 +272,8 @@ class Controller:
 
     # -- holds ------------------------------------------------------------------------------
 
-    def _reread_holds(self, store: HoldStore) -> bool:
-        stamp = store.stamp()
-        if stamp == self._holds_stamp:
-            return False
-        self._holds_stamp = stamp
-        holds = store.read()
-        if holds.error is not None and holds.error != self._holds.error:
-            log.error("every domain is held: %s", holds.error)
-        elif holds != self._holds:
-            log.info("holds changed: %d in force", len(holds.in_force(self._clock.time())))
-        self._holds = holds
-        return True
+    def _holds(self) -> HoldSet:
+        return self._hold_watch.holds if self._hold_watch is not None else NO_HOLDS
 
     # -- reconcile --------------------------------------------------------------------------
 
@@ -313,7 +301,7 @@ class Controller:
                 policy,
                 now_of(self._clock),
                 self._memory,
-                self._holds,
+                self._holds(),
                 state_saved=self._state.saved,
             )
         except HostError as error:
@@ -382,7 +370,7 @@ class Controller:
         key = outcome.key
         self._memory = self._memory.without_tracked(key)
         if outcome.kind is OutcomeKind.COMPLETED:
-            self._completed[key] += 1
+            self._counters.completed(key)
             self._memory = self._memory.with_success(key)
             log.info("pull of %s completed", key)
         elif outcome.kind is OutcomeKind.FAILED:
@@ -398,7 +386,7 @@ class Controller:
             )
         else:
             assert outcome.reason is not None
-            self._aborted[(key, outcome.reason)] += 1
+            self._counters.aborted(key, outcome.reason)
             if outcome.reason is AbortReason.EXTERNAL:  # respected: backs off like a failure
                 fingerprint = disk.fingerprint if disk is not None else ""
                 policy_fp = self._source.policy.fingerprint
@@ -409,16 +397,12 @@ class Controller:
         """Series and memories of domains that no longer exist (undefined, renamed) go at once;
         tracked pulls were settled (domain_stopped) just before."""
         names = frozenset(d.name for d in observation.domains)
-        for counter in (self._started, self._completed, self._failed):
-            for key in [k for k in counter if k.domain not in names]:
-                del counter[key]
-        for pair in [p for p in self._aborted if p[0].domain not in names]:
-            del self._aborted[pair]
+        self._counters.keep_only_domains(names)
         self._memory = self._memory.only_domains(names)
 
     def _count_failure(self, key: DiskKey, disk: Disk | None, epoch: float) -> None:
         fingerprint = disk.fingerprint if disk is not None else ""
-        self._failed[key] += 1
+        self._counters.failed(key)
         self._memory = self._memory.with_failure(
             key, epoch, fingerprint, self._source.policy.fingerprint
         )
@@ -435,7 +419,7 @@ class Controller:
             self._memory = self._memory.with_tracked(
                 decision.key, TrackedJob(base=None, started_at=epoch, chain_before=disk.chain)
             )
-            self._started[decision.key] += 1
+            self._counters.started(decision.key)
             log.info("adopted a pull already running on %s", decision.key)
 
     def _apply(self, action: Action, disk: Disk | None) -> None:
@@ -445,7 +429,7 @@ class Controller:
                 chain = disk.chain if disk is not None else ()
                 tracked = TrackedJob(action.base, self._clock.time(), chain, action.growth)
                 self._memory = self._memory.with_tracked(action.key, tracked)
-                self._started[action.key] += 1
+                self._counters.started(action.key)
                 log.info("started pull of %s: %s", action.key, action.reason)
             elif isinstance(action, SetSpeed):
                 self._host.set_speed(action.key, action.bandwidth)
@@ -453,7 +437,7 @@ class Controller:
                 self._host.abort(action.key)
                 if action.key in self._memory.tracked:
                     self._memory = self._memory.without_tracked(action.key)
-                    self._aborted[(action.key, action.reason)] += 1
+                    self._counters.aborted(action.key, action.reason)
                 log.info("aborted pull of %s: %s", action.key, action.reason)
         except HostError as error:
             # A job that ended between the observation and the action is no cause for alarm.
@@ -507,25 +491,7 @@ class Controller:
             self._reconcile()
 
     def _measure_rates(self) -> None:
-        """Measure each job's rate from its cursor between two reads; drop finished jobs.
-
-        The earlier read is kept until a second has passed, so that reads in quick succession
-        do not measure noise."""
-        now = self._clock.monotonic()
-        rates: dict[DiskKey, float] = {}
-        samples: dict[DiskKey, CursorSample] = {}
-        for key, job in self._jobs.items():
-            sample = CursorSample(job.cur, now)
-            previous = self._samples.get(key)
-            rate = rate_between(previous, sample) if previous is not None else None
-            if previous is not None and rate is not None:
-                rates[key] = rate
-                samples[key] = sample if now - previous.at >= 1.0 else previous
-            else:
-                samples[key] = sample
-                if key in self._rates:
-                    rates[key] = self._rates[key]
-        self._rates, self._samples = rates, samples
+        self._rates.measure(self._jobs, self._clock.monotonic())
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -537,15 +503,10 @@ class Controller:
             libvirt_up=self._libvirt_up,
             plan=self._plan,
             jobs=tuple(
-                JobProgress(key, job, self._rates.get(key), key in tracked)
+                JobProgress(key, job, self._rates.rate(key), key in tracked)
                 for key, job in sorted(self._jobs.items())
             ),
-            counters=Counters(
-                started=dict(self._started),
-                completed=dict(self._completed),
-                failed=dict(self._failed),
-                aborted=dict(self._aborted),
-            ),
+            counters=self._counters.freeze(),
             backing_dependents=self._dependents,
             window_names=tuple(w.name for w in policy.windows),
             rule_names=tuple(r.name for r in policy.rules),
@@ -557,5 +518,5 @@ class Controller:
             last_reconcile_success_at=self._last_success,
             state_saved=self._state.saved,
             state_save_failures=self._state.failures,
-            holds=self._holds,
+            holds=self._holds(),
         )

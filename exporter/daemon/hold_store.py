@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import stat
@@ -29,6 +30,7 @@ from typing import Any
 from exporter.core.holds import Hold, HoldSet
 
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 HOLDS_DIR = "holds"
 HOLDS_FILE = "holds.json"
 LOCK_FILE = ".lock"
@@ -109,6 +111,30 @@ def _hold(entry: Any, index: int) -> Hold:
     since = times["since"]
     until = min(times["until"], since + MAX_HOLD_SECONDS)  # no hold lasts for ever
     return Hold(texts["domains"], since, until, texts["reason"], texts["by"])
+
+
+class HoldWatch:
+    """The holds as the daemon last read them, read again when the file changes: a stat per
+    check (mutable, owned by the controller)."""
+
+    def __init__(self, store: HoldStore) -> None:
+        self._store = store
+        self._stamp = store.stamp()
+        self.holds = store.read()
+
+    def changed(self) -> bool:
+        """Read the file again if it changed; True when the holds did."""
+        stamp = self._store.stamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        holds, before = self._store.read(), self.holds
+        self.holds = holds
+        if holds.error is not None and holds.error != before.error:
+            log.error("every domain is held: %s", holds.error)
+        elif holds != before:
+            log.info("holds changed: %s", ", ".join(h.domains for h in holds.holds) or "none")
+        return holds != before
 
 
 class HoldStore:

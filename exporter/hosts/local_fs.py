@@ -17,14 +17,34 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from exporter.core.model import FileSystem, Unmeasured
+from exporter.core.model import Domain, FileSystem, Unmeasured
+from exporter.core.space import image_directory
 
 
 class LocalFileSystems:
-    """Mutable cache of mount points, owned by one host."""
+    """Mutable cache of mount points, owned by one host.
 
-    def __init__(self) -> None:
+    `unreachable`: why nothing can be measured here (the images are on another machine);
+    every directory is then Unmeasured with that reason.
+    """
+
+    def __init__(self, unreachable: str | None = None) -> None:
         self._mountpoints: dict[str, tuple[int, str]] = {}  # directory -> (st_dev, mountpoint)
+        self._unreachable = unreachable
+
+    def of_domains(self, domains: Iterable[Domain]) -> dict[str, FileSystem | Unmeasured]:
+        """The file systems of the image directories pulls may write to: local top images on
+        a backing chain, of running or paused domains."""
+        directories = {
+            directory
+            for domain in domains
+            if domain.state.can_run_jobs
+            for disk in domain.disks
+            if disk.chain and (directory := image_directory(disk)) is not None
+        }
+        if self._unreachable is not None:
+            return {d: Unmeasured(d, self._unreachable) for d in directories}
+        return self.measure(sorted(directories))
 
     def measure(self, directories: Iterable[str]) -> dict[str, FileSystem | Unmeasured]:
         """Each directory's file system (or why it cannot be measured)."""

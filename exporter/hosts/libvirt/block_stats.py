@@ -12,10 +12,25 @@ domain on every reconcile.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import libvirt
+
 from exporter.core.model import ChainUsage, Disk
+
+
+def read_chain_usage(
+    conn: libvirt.virConnect,
+    handles: Mapping[str, libvirt.virDomain],
+    disks_of: Callable[[libvirt.virDomain], tuple[Disk, ...]],
+) -> dict[str, dict[str, ChainUsage]]:
+    """Each named domain's chain usage by target, in one call; raises libvirt.libvirtError."""
+    if not handles:
+        return {}
+    flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+    stats = conn.domainListGetStats(list(handles.values()), libvirt.VIR_DOMAIN_STATS_BLOCK, flags)
+    return {dom.name(): chain_usage(values, disks_of(dom)) for dom, values in stats}
 
 
 def chain_usage(stats: Mapping[str, Any], disks: tuple[Disk, ...]) -> dict[str, ChainUsage]:

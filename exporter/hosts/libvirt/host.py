@@ -12,9 +12,10 @@ by the controller every few seconds, reads the part of the chained disks that is
 (job_sweep.py), so each is read once per `job_sweep_interval` (50 s: a foreign job counts
 within a minute) at a steady cost, outside the full reconcile. The first observe() after every
 (re)connection reads them all at once. Before a pull starts, `inspect()` reads every disk of its
-domain anyway. `getAllDomainStats(BLOCK, BACKING)` would give chains in one
-call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
-job: not used.
+domain, and what its chain holds with one `domainListGetStats(BLOCK, BACKING)` for those
+domains only (block_stats.py). For every domain on every observe that call would cost ~2.9
+ms/domain (it asks every QEMU): not used there. observe() also measures the free space of the
+image directories (local_fs.py): one statvfs per file system.
 
 Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags). libvirt's 0 = unlimited is
 None everywhere else in the daemon: converted here, once each way (`_to_libvirt`,
@@ -27,6 +28,9 @@ ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call t
 reconnect (how often is the caller's choice: the controller backs off, on its injected clock),
 registers the event callbacks again and emits ConnectionEvent(up=True) so the controller
 resyncs. Nothing retries on its own: no thread sleeps or loops on reconnection.
+
+One module although over 500 lines: every call shares the one connection, its lock, the domain
+handles and the set of known jobs.
 """
 
 from __future__ import annotations
@@ -53,7 +57,6 @@ from exporter.core.model import (
     Domain,
     DomainState,
     ErrorReason,
-    FileSystem,
     HostError,
     HostEvent,
     Inspection,
@@ -62,10 +65,8 @@ from exporter.core.model import (
     JobType,
     LifecycleEvent,
     Observation,
-    Unmeasured,
 )
-from exporter.core.space import image_directory
-from exporter.hosts.libvirt.block_stats import chain_usage
+from exporter.hosts.libvirt.block_stats import read_chain_usage
 from exporter.hosts.libvirt.domain_xml import ParsedDisks, normalise_target
 from exporter.hosts.libvirt.errors import host_error
 from exporter.hosts.libvirt.event_loop import EventLoop, shared_loop
@@ -162,8 +163,13 @@ class LibvirtHost:
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
         self._parsed = ParsedDisks()  # used by the observing thread only
-        self._space = LocalFileSystems()  # used by the observing thread only
-        self._remote = bool(urllib.parse.urlsplit(uri).hostname)  # qemu+ssh://host/system
+        remote = (  # qemu+ssh://host/system: the images are not on this machine
+            f"the images are on the host of {uri}: their free space cannot be measured from "
+            "here (set min_free: 0 to pull without the guard)"
+            if urllib.parse.urlsplit(uri).hostname
+            else None
+        )
+        self._space = LocalFileSystems(remote)  # used by the observing thread only
         self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
         self._sweep_in_observe = True  # until the first observe after a (re)connection
         self._sweepable: list[tuple[int, libvirt.virDomain, DiskKey]] = []  # part, dom, disk
@@ -200,7 +206,7 @@ class LibvirtHost:
         with self._lock:
             self._domains = handles
             self._sweepable = sweepable
-        return Observation(tuple(domains), self._file_systems(domains))
+        return Observation(tuple(domains), self._space.of_domains(domains))
 
     def sweep_jobs(self) -> Sweep:
         """Read the due part of the chained disks' jobs (as of the last observe)."""
@@ -222,23 +228,6 @@ class LibvirtHost:
                 if error.reason not in _GONE:
                     log.warning("cannot read the block job of %s: %s", key, error)
         return Sweep(found, next_in)
-
-    def _file_systems(self, domains: list[Domain]) -> dict[str, FileSystem | Unmeasured]:
-        """The file systems of the image directories pulls may write to (min_free)."""
-        directories = {
-            directory
-            for domain in domains
-            if domain.state.can_run_jobs
-            for disk in domain.disks
-            if disk.chain and (directory := image_directory(disk)) is not None
-        }
-        if self._remote:
-            why = (
-                f"the images are on the host of {self._uri}: their free space cannot be "
-                "measured from here (set min_free: 0 to pull without the guard)"
-            )
-            return {directory: Unmeasured(directory, why) for directory in directories}
-        return self._space.measure(sorted(directories))
 
     def _states_after(self, conn: libvirt.virConnect, domains: list[Domain]) -> list[Domain]:
         """The domains with their state read again, after their XML.
@@ -319,24 +308,17 @@ class LibvirtHost:
     def _chain_usage(
         self, conn: libvirt.virConnect, handles: Mapping[str, libvirt.virDomain]
     ) -> dict[str, dict[str, ChainUsage]]:
-        if not handles:
-            return {}
-        flags = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
+        def disks_of(dom: libvirt.virDomain) -> tuple[Disk, ...]:
+            return tuple(item.disk for item in self._parsed.last(dom.UUIDString()) or ())
+
         try:
-            stats = conn.domainListGetStats(
-                list(handles.values()), libvirt.VIR_DOMAIN_STATS_BLOCK, flags
-            )
+            return read_chain_usage(conn, handles, disks_of)
         except libvirt.libvirtError as error:
             failure = self._failed(error)
             if failure.reason is ErrorReason.CONNECTION:
                 raise failure from error
             log.warning("cannot read the block stats of %s: %s", ", ".join(handles), failure)
             return {}
-        usage: dict[str, dict[str, ChainUsage]] = {}
-        for dom, values in stats:
-            parsed = self._parsed.last(dom.UUIDString()) or ()
-            usage[dom.name()] = chain_usage(values, tuple(item.disk for item in parsed))
-        return usage
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
