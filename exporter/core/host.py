@@ -10,7 +10,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from exporter.core.model import BlockJob, DiskKey, HostEvent, Inspection, Observation
+from exporter.core.model import (
+    BlockJob,
+    DiskKey,
+    FileSystem,
+    HostEvent,
+    Inspection,
+    Observation,
+    Unmeasured,
+)
 
 EventSink = Callable[[HostEvent], None]
 
@@ -40,6 +48,10 @@ class Host(Protocol):
 
         Raises HostError(CONNECTION) when the host cannot be reached.
         """
+        ...
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        """The file systems of these image directories now (observe measures them too)."""
         ...
 
     def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:

@@ -240,7 +240,8 @@ def _triage(
 
     if match is None or rule is None or rule.action is RuleAction.IGNORE:
         why = "no rule selects this disk" if rule is None else f"rule {rule.name} ignores this disk"
-        if pulling and key in ctx.memory.tracked:  # the daemon's own pull, deselected by a reload
+        ours = pulling and key in ctx.memory.tracked and domain.state.can_run_jobs
+        if ours:  # the daemon's own pull, deselected by a reload
             return triage(
                 DiskState.IGNORED, f"pull aborted: {why}", _Role.ABORT, abort=AbortReason.DESELECTED
             )

@@ -44,6 +44,7 @@ from exporter.core.model import (
     Disk,
     DiskKey,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
     JobEvent,
@@ -53,6 +54,7 @@ from exporter.core.model import (
     Observation,
 )
 from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
+from exporter.core.space import image_directory
 from exporter.daemon.histogram import HistogramAccumulator
 from exporter.daemon.hold_store import HoldStore, HoldWatch
 from exporter.daemon.outcome_counters import OutcomeCounters
@@ -148,6 +150,7 @@ class Controller:
         self._events: dict[DiskKey, JobOutcome] = {}
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
+        self._pull_directories: list[str] = []  # where the daemon's running pulls write
         self._rates = RateMeter()
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
@@ -313,6 +316,9 @@ class Controller:
             self._apply(action, disks.get(action.key, (None, None))[1])
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
+        self._pull_directories = sorted(
+            {d for k in self._memory.tracked if k in disks and (d := image_directory(disks[k][1]))}
+        )
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
@@ -465,14 +471,30 @@ class Controller:
                 vanished = True
             else:
                 self._jobs[key] = job
-                # A pull of the daemon's whose speed somebody changed by hand (0 = unlimited).
+                # A pull of the daemon's whose speed somebody changed by hand.
                 managed = key in self._memory.tracked and job.type is JobType.PULL
-                retuned |= managed and (job.bandwidth or None) != limit
+                retuned |= managed and job.bandwidth != limit
         self._measure_rates()
-        if vanished or retuned:  # settle a job that ended, put a hand-set speed back: now
+        # Settle a job that ended, put a hand-set speed back, stop pulls on a file system that
+        # something else filled below min_free: now, not at the next resync.
+        if vanished or retuned or self._space_low():
             self._reconcile()
         else:
             self.snapshot = self._build_snapshot()
+
+    def _space_low(self) -> bool:
+        """A file system the daemon's pulls write to is below min_free (a statvfs each)."""
+        min_free = self._source.policy.defaults.min_free
+        if not self._pull_directories or min_free.off:
+            return False
+        try:
+            found = self._host.file_systems(self._pull_directories)
+        except HostError:
+            return False  # the reconcile that follows a failed refresh says why
+        return any(
+            isinstance(fs, FileSystem) and fs.free < min_free.floor(fs.size)
+            for fs in found.values()
+        )
 
     def _sweep_jobs(self) -> None:
         """A job somebody else started counts against the budget from the next reconcile: now,

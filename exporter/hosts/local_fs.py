@@ -42,12 +42,14 @@ class LocalFileSystems:
             for disk in domain.disks
             if disk.chain and (directory := image_directory(disk)) is not None
         }
-        if self._unreachable is not None:
-            return {d: Unmeasured(d, self._unreachable) for d in directories}
-        return self.measure(sorted(directories))
+        found = self.measure(sorted(directories))
+        self._forget_except(found.keys())
+        return found
 
     def measure(self, directories: Iterable[str]) -> dict[str, FileSystem | Unmeasured]:
         """Each directory's file system (or why it cannot be measured)."""
+        if self._unreachable is not None:
+            return {d: Unmeasured(d, self._unreachable) for d in directories}
         result: dict[str, FileSystem | Unmeasured] = {}
         by_device: dict[int, FileSystem | Unmeasured] = {}
         for directory in directories:
@@ -61,7 +63,6 @@ class LocalFileSystems:
             except OSError as error:
                 found = Unmeasured(directory, f"{directory}: {error.strerror or error}")
             result[directory] = found
-        self._forget_except(result.keys())
         return result
 
     def _mountpoint(self, directory: str) -> tuple[int, str]:

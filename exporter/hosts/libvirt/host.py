@@ -57,6 +57,7 @@ from exporter.core.model import (
     Domain,
     DomainState,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
     Inspection,
@@ -65,6 +66,7 @@ from exporter.core.model import (
     JobType,
     LifecycleEvent,
     Observation,
+    Unmeasured,
 )
 from exporter.hosts.libvirt.block_stats import read_chain_usage
 from exporter.hosts.libvirt.domain_xml import ParsedDisks, normalise_target
@@ -265,6 +267,9 @@ class LibvirtHost:
                     log.warning("cannot read the block job of %s: %s", key, error)
                 result[key] = None
         return result
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        return self._space.measure(directories)
 
     def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
         """Every disk's blockJobInfo, and one domainListGetStats(BLOCK, BACKING) for all the

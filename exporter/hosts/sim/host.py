@@ -22,11 +22,13 @@ from exporter.core.model import (
     ChainUsage,
     DiskKey,
     ErrorReason,
+    FileSystem,
     HostError,
     Inspection,
     JobOutcome,
     JobType,
     Observation,
+    Unmeasured,
 )
 from exporter.hosts.sim import state
 from exporter.hosts.sim.records import DiskRecord, DomainRecord, GiB, JobRecord, job_rate
@@ -38,6 +40,7 @@ CALL_KINDS: tuple[str, ...] = (
     "refresh_jobs_keys",  # disks named in refresh_jobs calls
     "inspect",
     "sweep_jobs",
+    "file_systems",
     "start_pull",
     "set_speed",
     "abort",
@@ -106,6 +109,11 @@ class SimulatedHost(SimWorld):
         """observe() shows every job at once here: no sweep is ever needed."""
         with self._op(mutating=False, call="sweep_jobs"):
             return Sweep(found=False, next_in=None)
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        with self._op(mutating=False, call="file_systems"):
+            found = self._file_systems_locked()
+            return {d: found.get(d) or Unmeasured(d, "not simulated") for d in directories}
 
     def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
         wanted = list(domains)
