@@ -26,7 +26,7 @@ from exporter.core.decisions import (
     StartPull,
 )
 from exporter.core.host import Host
-from exporter.core.job_rate import CursorSample, rate_between
+from exporter.core.job_rate import CursorSample, bytes_advanced, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -130,6 +130,8 @@ class Controller:
         self._state = StateSaver(store, self._memory)
         self._started: Counter[DiskKey] = Counter()
         self._completed: Counter[DiskKey] = Counter()
+        self._copied: Counter[DiskKey] = Counter()  # bytes the daemon's pulls advanced
+        self._copy_cursor: dict[DiskKey, int] = {}  # the cursor _copied last counted to
         self._failed: Counter[DiskKey] = Counter()
         self._aborted: Counter[tuple[DiskKey, AbortReason]] = Counter()
         self._events: dict[DiskKey, JobOutcome] = {}
@@ -335,6 +337,9 @@ class Controller:
         self._memory = self._memory.without_tracked(key)
         if outcome.kind is OutcomeKind.COMPLETED:
             self._completed[key] += 1
+            last = self._jobs.get(key)
+            if last is not None and key in self._copy_cursor:  # the stretch after the last read
+                self._copied[key] += max(last.end - self._copy_cursor[key], 0)
             self._memory = self._memory.with_success(key)
             log.info("pull of %s completed", key)
         elif outcome.kind is OutcomeKind.FAILED:
@@ -432,6 +437,7 @@ class Controller:
         now = self._clock.monotonic()
         rates: dict[DiskKey, float] = {}
         samples: dict[DiskKey, CursorSample] = {}
+        self._count_copied()
         for key, job in self._jobs.items():
             sample = CursorSample(job.cur, now)
             previous = self._samples.get(key)
@@ -444,6 +450,16 @@ class Controller:
                 if key in self._rates:
                     rates[key] = self._rates[key]
         self._rates, self._samples = rates, samples
+
+    def _count_copied(self) -> None:
+        """Add what the daemon's pulls advanced since the last read to the copied counter."""
+        tracked = self._memory.tracked
+        cursors: dict[DiskKey, int] = {}
+        for key, job in self._jobs.items():
+            if key in tracked:
+                self._copied[key] += bytes_advanced(self._copy_cursor.get(key), job.cur)
+                cursors[key] = job.cur
+        self._copy_cursor = cursors
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -461,6 +477,7 @@ class Controller:
             counters=Counters(
                 started=dict(self._started),
                 completed=dict(self._completed),
+                copied=dict(self._copied),
                 failed=dict(self._failed),
                 aborted=dict(self._aborted),
             ),
