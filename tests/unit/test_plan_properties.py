@@ -13,6 +13,7 @@ from datetime import UTC, datetime, time
 from fnmatch import fnmatchcase
 
 from builders import apply
+from example_counts import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -241,7 +242,7 @@ def touched(result: Plan) -> set[DiskKey]:
 # -- the property ---------------------------------------------------------------------------
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_plan_invariants_hold_on_random_hosts(case: Case) -> None:
     pol, obs = case.policy, case.obs
