@@ -311,10 +311,13 @@ def _one_pull_per_domain(
 
     A candidate in a domain this plan frees by aborting takes its slot and share now but is
     held, not started: the next plan starts it once a fresh observation shows the aborted pull
-    gone (the controller plans again at once). Starting it right behind the abort would rely
-    on the abort having ended the old job in QEMU, which the controller cannot know when the
-    abort fails or times out (it applies the rest of the plan anyway), nor when the old job
-    reaches its end while being cancelled; then two pulls would run in the domain.
+    gone (the controller plans again at once). Starting it in this plan, right behind the
+    abort, is safe only if the abort is known to have ended the old job. libvirt's synchronous
+    abort (the adapter passes no ASYNC flag) returns once QEMU has cancelled it, but the
+    controller applies the rest of a plan when an abort fails: a timeout, a dropped
+    connection, or "no active block job" from a pull that was completing at that moment, whose
+    completion would then overlap the new pull's start. A re-read proves the domain free, at
+    the cost of one more observe per window boundary that holds a start.
     """
     pulls: dict[str, list[_Triage]] = {}
     for t in triaged:
