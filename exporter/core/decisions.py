@@ -73,3 +73,7 @@ class Plan:
     budget: Budget  # the budget in force at `now`
     open_windows: frozenset[str]
     next_wake: datetime | None  # next window boundary or backoff expiry; None = nothing timed
+    # Starts held back behind this plan's own aborts in their domains (one pull per domain):
+    # the next plan, on the host after acting, makes exactly these; the controller plans again
+    # at once when there are any. Sorted.
+    held_starts: tuple[DiskKey, ...] = ()

@@ -33,7 +33,12 @@ order.
 
 4. One pull per domain: a candidate whose domain already runs a pull (or gets one in this
    plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
-   together. While the daemon cannot save its state (`state_saved` False) no candidate
+   together. A candidate whose domain this plan frees by aborting every pull in it (closed
+   windows) is held, PENDING: it takes its slot and share, and `Plan.held_starts` names it;
+   the next plan, on the host after acting, starts it (and nothing else), so the only start
+   that waits for another plan is one behind an abort in its own domain. The controller
+   plans again at once after such a plan.
+   While the daemon cannot save its state (`state_saved` False) no candidate
    starts: a restart could not adopt the pull. They wait, PENDING; running pulls go on.
    Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
@@ -292,14 +297,34 @@ def _next_wake(policy: Policy, now: datetime, decisions: Iterable[DiskDecision])
     return min(candidates) if candidates else None
 
 
-def _one_pull_per_domain(triaged: list[_Triage]) -> tuple[list[_Triage], list[_Triage]]:
-    """Candidates in order, at most one per domain and none where a pull already runs.
+def _one_pull_per_domain(
+    triaged: list[_Triage],
+) -> tuple[list[_Triage], list[_Triage], frozenset[str]]:
+    """Candidates in order, at most one per domain and none where a pull keeps running; the
+    candidates deferred for it; the domains whose every pull this plan aborts (closed windows).
 
     QEMU 7.2 (Debian 12) segfaults, killing the guest, when two block-stream jobs of one
     domain finish at about the same moment; equal shares make that likely. One pull per
     domain at a time rules it out, at no cost to the host-wide throughput.
+
+    A candidate in a domain this plan frees by aborting takes its slot and share now but is
+    held, not started: the next plan starts it once a fresh observation shows the aborted pull
+    gone (the controller plans again at once). Starting it in this plan, right behind the
+    abort, is safe only if the abort is known to have ended the old job. libvirt's synchronous
+    abort (the adapter passes no ASYNC flag) returns once QEMU has cancelled it, but the
+    controller applies the rest of a plan when an abort fails: a timeout, a dropped
+    connection, or "no active block job" from a pull that was completing at that moment, whose
+    completion would then overlap the new pull's start. A re-read proves the domain free, at
+    the cost of one more observe per window boundary that holds a start.
     """
-    busy = {t.key.domain for t in triaged if t.job is not None and t.job.type is JobType.PULL}
+    pulls: dict[str, list[_Triage]] = {}
+    for t in triaged:
+        if t.job is not None and t.job.type is JobType.PULL:
+            pulls.setdefault(t.key.domain, []).append(t)
+    freed = frozenset(
+        name for name, jobs in pulls.items() if all(t.role is _Role.CLOSE for t in jobs)
+    )
+    busy = set(pulls) - freed
     chosen: list[_Triage] = []
     deferred: list[_Triage] = []
     for item in sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order):
@@ -308,7 +333,7 @@ def _one_pull_per_domain(triaged: list[_Triage]) -> tuple[list[_Triage], list[_T
         else:
             chosen.append(item)
             busy.add(item.key.domain)
-    return chosen, deferred
+    return chosen, deferred, freed
 
 
 def plan(
@@ -330,15 +355,16 @@ def plan(
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    candidates, same_domain = _one_pull_per_domain(triaged)
+    candidates, same_domain, freed = _one_pull_per_domain(triaged)
     unsaved: list[_Triage] = []
     if not state_saved:
         unsaved, candidates = candidates, []
     alloc = allocate(budget, foreign, len(managed), len(candidates))
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
-    started = candidates[: alloc.start]
+    started = [t for t in candidates[: alloc.start] if t.key.domain not in freed]
+    held = [t for t in candidates[: alloc.start] if t.key.domain in freed]
     share = alloc.share
-    pulls = len(kept) + len(started)
+    pulls = len(kept) + alloc.start  # held starts included: the next plan makes them
 
     decided: dict[DiskKey, DiskDecision] = {}
     aborts: list[AbortPull] = []
@@ -364,6 +390,9 @@ def plan(
     starts = [StartPull(t.key, t.base, share, _start_reason(t)) for t in started]
     for item in started:
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
+    for item in held:
+        why = "starts once the pull this plan aborts in its domain is gone; one pull per domain"
+        decided[item.key] = item.decided(DiskState.PENDING, why)
     waiting = _pending_reason(budget, alloc)
     for item in candidates[alloc.start :]:
         decided[item.key] = item.decided(DiskState.PENDING, waiting)
@@ -392,4 +421,5 @@ def plan(
         budget=budget,
         open_windows=open_windows,
         next_wake=_next_wake(policy, now, decisions),
+        held_starts=tuple(sorted((t.key for t in held), key=lambda k: (k.domain, k.disk))),
     )

@@ -251,12 +251,21 @@ class Controller:
     # -- reconcile --------------------------------------------------------------------------
 
     def _reconcile(self) -> None:
+        if self._reconcile_once():
+            # The plan held starts behind its own aborts (one pull per domain, see
+            # exporter.planner): plan again now on a fresh observation, which shows whether the
+            # aborted pulls are gone, instead of waiting for a timer. Once: should the host
+            # still show them, the LOOK_AGAIN_SECONDS timer takes over.
+            self._reconcile_once()
+
+    def _reconcile_once(self) -> bool:
+        """Observe, settle, plan, act; whether to plan again at once (held starts)."""
         started = self._clock.monotonic()
         try:
             observation = self._host.observe()
         except HostError as error:
             self._host_unreachable(error)
-            return
+            return False
         self._libvirt_up = True
         self._connect_backoff = 0.0
         if self._down_since is not None:
@@ -277,6 +286,7 @@ class Controller:
         disks = observation.disks()
         for action in current.actions:
             self._apply(action, disks.get(action.key, (None, None))[1])
+        again = bool(current.held_starts) and not self._host_refused
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
@@ -289,6 +299,7 @@ class Controller:
         self._last_success = self._clock.time()
         self._schedule_after_reconcile(current, finished, bool(current.actions))
         self.snapshot = self._build_snapshot()
+        return again
 
     def _host_unreachable(self, error: HostError) -> None:
         now = self._clock.monotonic()
@@ -316,7 +327,8 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
-        if self._host_refused:  # the host changed under an action: look again soon
+        # The host changed under an action, or starts wait behind aborts: look again soon.
+        if self._host_refused or current.held_starts:
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
             self._host_refused = False
         # Never a timer in the past or within float rounding of now: that would spin.
