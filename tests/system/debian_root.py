@@ -58,7 +58,7 @@ UNUSED_FOR = 14 * 24 * 3600  # other recipes' roots are removed after two weeks 
 
 
 def recipe_key() -> str:
-    recipe = repr((SUITE, INSTALLED, DOWNLOADED, CUSTOMIZE, "v1"))
+    recipe = repr((SUITE, INSTALLED, DOWNLOADED, CUSTOMIZE, "v2"))
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
@@ -117,6 +117,8 @@ def _build(root: Path, log: Path) -> None:
         "--variant=minbase",
         f"--include={','.join(INSTALLED)}",
         "--skip=cleanup/apt",  # keep the lists and the downloaded .debs
+        "--dpkgopt=force-unsafe-io",  # no fsync: a half-built root is thrown away anyway
+        '--aptopt=Acquire::Languages "none"',
         "--dpkgopt=path-exclude=/usr/share/man/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         "--dpkgopt=path-include=/usr/share/locale/locale.alias",
