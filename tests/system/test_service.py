@@ -29,6 +29,13 @@ def test_the_install_makes_a_system_user_in_group_libvirt_and_a_root_owned_confi
     ]
 
 
+def test_the_install_does_not_start_the_service_before_there_is_a_policy(
+    installed: Service,
+) -> None:
+    # A start without /etc/blockpull-exporter/policy.yml would have logged `check`'s error.
+    assert "No such file or directory" not in installed.journal()
+
+
 def test_the_service_is_ready_and_reaches_libvirt_as_its_own_user(service: Service) -> None:
     # Type=notify: "active" means the daemon sent READY=1.
     assert (service.show("Type"), service.show("ActiveState"), service.show("SubState")) == (
