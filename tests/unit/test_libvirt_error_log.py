@@ -20,9 +20,12 @@ LOGGER = libvirt_loop.__name__
 
 
 @pytest.fixture(autouse=True)
-def default_handler_afterwards() -> Iterator[None]:
+def default_handler() -> Iterator[None]:
+    """libvirt's own handler (None restores it) before and after: the handler is process-wide,
+    and a test that set up the shared loop earlier in this process left the routing on."""
+    libvirt.registerErrorHandler(None, None)
     yield
-    libvirt.registerErrorHandler(None, None)  # None restores libvirt's default handler
+    libvirt.registerErrorHandler(None, None)
 
 
 def provoke_error() -> libvirt.libvirtError:
