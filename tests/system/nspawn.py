@@ -97,6 +97,7 @@ class Container:
             "-i",
             f"PATH={CONTAINER_PATH}",
             "LANG=C.UTF-8",
+            "DEBIAN_FRONTEND=noninteractive",
             "SYSTEMD_COLORS=0",
             "bash",
             "-euo",
