@@ -5,6 +5,7 @@ end, once the faults stop and windows allow, every selected disk is pulled."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -185,6 +186,13 @@ class ControllerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if not hasattr(self, "controller"):
             return
+        try:
+            self.drains_to_done()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)  # one folder per example
+
+    def drains_to_done(self) -> None:
+        """Whatever happened, once the domains run and windows open every disk ends done."""
         for name in DOMAINS:
             if not self.host.domain_state(name).can_run_jobs:
                 self.host.start_domain(name, paused=True)
