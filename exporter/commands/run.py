@@ -1,8 +1,9 @@
 """`blockpull-exporter run`: the daemon.
 
 Signals only put a wake-up in the controller's inbox (SimpleQueue.put is safe in a signal
-handler); the loop acts on it. SIGHUP reloads the policy; SIGTERM and SIGINT stop the daemon,
-leaving running pulls to QEMU unless --shutdown.abort-pulls is given.
+handler) or set the web server's reload flag; the loops act on them. SIGHUP reloads the policy
+and the web config; SIGTERM and SIGINT stop the daemon, leaving running pulls to QEMU unless
+--shutdown.abort-pulls is given.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from exporter import __version__
 from exporter.commands import options as cli_options
@@ -122,6 +124,7 @@ def main(args: argparse.Namespace) -> int:
         web_config,
         lambda: renderer.render(controller.snapshot),
         lambda: render_landing_page(__version__, controller.snapshot),
+        config_file=Path(args.web_config_file) if args.web_config_file else None,
     )
     try:
         server.start()
@@ -131,7 +134,12 @@ def main(args: argparse.Namespace) -> int:
         )
         host.close()
         return 1
-    signal.signal(signal.SIGHUP, lambda *_: controller.inbox.put(Reload()))
+
+    def reload(*_: object) -> None:  # only wake-ups here: the loops do the loading
+        controller.inbox.put(Reload())
+        server.reload_config()
+
+    signal.signal(signal.SIGHUP, reload)
     signal.signal(signal.SIGTERM, lambda *_: controller.inbox.put(Shutdown()))
     signal.signal(signal.SIGINT, lambda *_: controller.inbox.put(Shutdown()))
     log.info(

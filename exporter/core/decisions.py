@@ -80,6 +80,10 @@ class Plan:
     budget: Budget  # the budget in force at `now`
     open_windows: frozenset[str]
     next_wake: datetime | None  # next window boundary, backoff or hold expiry; None = no timer
+    # Starts held back behind this plan's own aborts in their domains (one pull per domain):
+    # the next plan, on the host after acting, makes exactly these; the controller plans again
+    # at once when there are any. Sorted.
+    held_starts: tuple[DiskKey, ...] = ()
     # Domains to read in full (every disk's job, each chain's usage) before a pull may start
     # there: plan again with `Observation.with_inspections` of them.
     inspect: frozenset[str] = frozenset()

@@ -1,4 +1,4 @@
-"""A block job's rate, measured from two reads of its cursor (libvirt's `cur`)."""
+"""What two reads of a block job's cursor (libvirt's `cur`) say: its rate, and the bytes done."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def rate_between(before: CursorSample, after: CursorSample) -> float | None:
     if elapsed <= 0 or after.cur < before.cur:
         return None
     return (after.cur - before.cur) / elapsed
+
+
+def bytes_advanced(before: int | None, after: int) -> int:
+    """Bytes a disk's job did between a read at `before` and one at `after` (None: no earlier
+    read). A cursor that went back belongs to a new job, started at 0, so all of it counts;
+    a first read counts nothing: what a job did before the daemon saw it is not known."""
+    if before is None:
+        return 0
+    return after - before if after >= before else after

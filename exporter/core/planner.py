@@ -1,12 +1,16 @@
-"""`plan(observation, policy, now, memory) -> Plan`: what the policy means, as a pure function.
+"""`plan(observation, policy, now, memory, holds=...) -> Plan`: what the policy means, as a pure
+function.
 
-No I/O, no clock reads (`now` is an aware datetime; memory times are epoch seconds compared
-with `now.timestamp()`), no randomness; the same inputs give the same plan, actions in the same
-order.
+No I/O, no clock reads (`now` is an aware datetime; memory and hold times are epoch seconds
+compared with `now.timestamp()`), no randomness; the same inputs give the same plan, actions in
+the same order. What the guards need comes in as values: the free space of the image
+directories and the domains read in full (`Observation.file_systems`, `.inspections`), the
+operators' holds (`holds`).
 
 1. Selection (`exporter.core.selection`): the first rule in policy order that matches a disk wins.
    No rule: IGNORED, rule None. A rule with `action: ignore`: IGNORED. Neither kind of disk is
-   ever touched, even when a job runs on it.
+   ever touched, even when a job runs on it - except the daemon's own pull (tracked in memory)
+   on a running domain, which a reload that deselected the disk aborts (DESELECTED).
 
 2. Each disk selected by a pull rule gets the first state that applies:
    - domain shut off or in another non-running state: NOT_RUNNING (paused domains can pull);
@@ -16,31 +20,43 @@ order.
      keep_base): INDEPENDENT. A disk with a running job is never done while it runs;
    - no job, but the daemon still tracks the pull it started (its outcome is not proven
      yet): PENDING, never started twice;
+   - a hold is in force on the domain (`exporter.core.holds`): HELD; a pull running there is
+     aborted (HELD), other jobs are left alone;
    - a pull job runs: the pull is managed (ours, or adopted when started by hand): PULLING;
+     aborted (LOW_SPACE, WAITING_SPACE) when its file system is below min_free;
    - another job type runs: PENDING, "busy with a <type> job"; never touched, takes a slot;
    - failures remembered for the same disk and policy fingerprints (others count as 0):
      count >= max_attempts: GAVE_UP; before last_failure_at + backoff(count): BACKOFF, where
-     backoff(n) = min(backoff * 2**(n-1), max_backoff);
+     backoff(n) = min(backoff * 2**(n-1), max_backoff). Pulls others aborted
+     (`Memory.interruptions`) back off the same way, but never give up;
    - the rule's windows are all closed: WAITING_WINDOW;
    - otherwise a candidate: PENDING, or PULLING when this plan starts it.
    A job on a disk that is NOT_RUNNING or UNSUPPORTED (even a pull) is foreign, never touched.
 
 3. Aborts. A managed pull whose rule's windows are closed is aborted (WINDOW_CLOSED,
    WAITING_WINDOW) when outside_windows is pause; with finish it keeps running but its rule
-   starts nothing new. Managed pulls that do not fit the budget (see `exporter.core.bandwidth`) are
-   aborted (OVER_BUDGET), worst-ordered first; they become PENDING (or WAITING_WINDOW when
+   starts nothing new. Managed pulls that do not fit the budget (see `exporter.core.bandwidth`)
+   are aborted (OVER_BUDGET), worst-ordered first; they become PENDING (or WAITING_WINDOW when
    their rule is closed). Pulls are never aborted to make room for a higher priority candidate.
 
-4. One pull per domain: a candidate whose domain already runs a pull (or gets one in this
-   plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
-   together. While the daemon cannot save its state (`state_saved` False) no candidate
+4. Starts (`exporter.core.starts`): candidates in order priority desc, domain, disk, while the
+   budget's slots last. One pull per domain: a candidate whose domain runs any job (or gets a
+   pull in this plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain
+   finish together. A candidate whose domain this plan frees by aborting every job in it is
+   held, PENDING: it takes its slot and share, and `Plan.held_starts` names it; the next
+   plan, on the host after acting, starts it (and nothing else), so the only start that waits
+   for another plan is one behind an abort in its own domain. The controller plans again at
+   once after such a plan. A candidate starts only in a domain read in full (otherwise
+   `Plan.inspect` names it, and it keeps its slot), and only if its file system keeps min_free
+   after it and what the pulls running there may still write (`exporter.core.space`; else
+   WAITING_SPACE, and the next candidate may take the slot).
+   While the daemon cannot save its state (`state_saved` False) no candidate
    starts: a restart could not adopt the pull. They wait, PENDING; running pulls go on.
    Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
-   that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
-   order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
-   the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
-   limit differs from its share (None = unlimited, for both). A foreign job without a
-   limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
+   that is not a managed pull) take a slot each and their bandwidth limit; every managed pull
+   gets the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a
+   kept pull's limit differs from its share (None = unlimited, for both). A foreign job without
+   a limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
    at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
    aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
 
@@ -49,7 +65,7 @@ order.
    sorted by key.
 
 6. Every disk gets one DiskDecision; decisions are sorted by key. `next_wake` is the earliest
-   of the next window boundary and the end of any BACKOFF.
+   of the next window boundary, the end of any BACKOFF and the end of a hold in force.
 """
 
 from __future__ import annotations
@@ -85,7 +101,7 @@ from exporter.core.model import (
 )
 from exporter.core.selection import CompiledRule, first_match, selector_for
 from exporter.core.space import SpaceLedger, still_to_write
-from exporter.core.starts import Candidate, choose_starts
+from exporter.core.starts import Candidate, busy_domains, choose_starts
 from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
 
 __all__ = ["backoff_delay", "plan"]
@@ -364,24 +380,8 @@ def _next_wake(
     return min(candidates) if candidates else None
 
 
-def _busy_domains(triaged: list[_Triage]) -> dict[str, str]:
-    """Domains where a block job runs, and why a candidate there waits.
-
-    QEMU 7.2 (Debian 12) segfaults, killing the guest, when two block-stream jobs of one
-    domain finish at about the same moment; equal shares make that likely. One pull per
-    domain at a time rules it out, at no cost to the host-wide throughput; and a domain where
-    somebody else runs a job of any kind is left to him until it ends.
-    """
-    busy: dict[str, str] = {}
-    for item in triaged:
-        job = item.job
-        if job is None or item.key.domain in busy:
-            continue
-        if job.type is JobType.PULL:
-            busy[item.key.domain] = "another disk of this domain is pulling; one pull per domain"
-        else:
-            busy[item.key.domain] = f"another disk of this domain runs a {job.type} job"
-    return busy
+def _key_order(key: DiskKey) -> tuple[str, str]:
+    return (key.domain, key.disk)  # DiskKey's own __lt__ is slow
 
 
 def _reserve_running(ctx: _Context, triaged: list[_Triage]) -> None:
@@ -424,17 +424,22 @@ def plan(
     if not state_saved:
         unsaved, candidates = candidates, []
     alloc = allocate(budget, foreign, len(managed), len(candidates))
+    busy, freed = busy_domains(
+        (t.key.domain, t.job, t.role is _Role.ABORT) for t in triaged if t.job is not None
+    )
     chosen = choose_starts(
         [Candidate(t.key, t.disk, t.base) for t in candidates],
-        _busy_domains(triaged),
+        busy,
+        freed,
         alloc.start,
         observation,
         space,
         _pending_reason(budget, alloc),
     )
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
-    share = allocate(budget, foreign, len(managed), len(chosen.started)).share
-    pulls = len(kept) + len(chosen.started)
+    starting = len(chosen.started) + len(chosen.held)  # held: the next plan makes them
+    share = allocate(budget, foreign, len(managed), starting).share
+    pulls = len(kept) + starting
 
     by_key = {t.key: t for t in candidates}
     decided: dict[DiskKey, DiskDecision] = {}
@@ -465,6 +470,9 @@ def plan(
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     for wait in chosen.waiting:
         decided[wait.key] = by_key[wait.key].decided(wait.state, wait.reason)
+    for start in chosen.held:
+        why = "starts once the pull this plan aborts in its domain is gone; one pull per domain"
+        decided[start.candidate.key] = by_key[start.candidate.key].decided(DiskState.PENDING, why)
     for item in unsaved:
         why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
         decided[item.key] = item.decided(DiskState.PENDING, why)
@@ -487,6 +495,7 @@ def plan(
         budget=budget,
         open_windows=open_windows,
         next_wake=_next_wake(policy, now, decisions, holds.next_expiry(ctx.now_ts)),
+        held_starts=tuple(sorted((h.candidate.key for h in chosen.held), key=_key_order)),
         inspect=chosen.inspect,
         space=space.checks(),
         pull_bandwidth=share,

@@ -4,7 +4,9 @@ Candidates go in order (priority desc, domain, disk) while the budget has slots:
 
 1. One pull per domain: a candidate whose domain runs any block job (or gets a pull in this
    plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
-   together, and a job somebody else runs there is his business.
+   together, and a job somebody else runs there is his business. One in a domain this plan
+   frees by aborting every job there is held (`Starts.held`): it takes its slot, share and
+   free space, and the next plan, on a host that shows the abort done, starts it.
 2. Free space (`exporter.core.space`): with the guard on, a candidate whose file system cannot
    be measured, or has nothing to spare even before its own growth, waits (WAITING_SPACE).
 3. A full read of its domain (`Observation.inspections`): the sweep may not have seen a job
@@ -18,11 +20,19 @@ Candidates go in order (priority desc, domain, disk) while the budget has slots:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from exporter.core.decisions import DiskState
-from exporter.core.model import Disk, DiskKey, FileSystem, Observation, Unmeasured
+from exporter.core.model import (
+    BlockJob,
+    Disk,
+    DiskKey,
+    FileSystem,
+    JobType,
+    Observation,
+    Unmeasured,
+)
 from exporter.core.space import SpaceLedger
 from exporter.policy.units import format_size
 
@@ -50,6 +60,7 @@ class Start:
 @dataclass(frozen=True)
 class Starts:
     started: tuple[Start, ...]  # best first
+    held: tuple[Start, ...]  # would start, but behind this plan's abort in their domain
     waiting: tuple[Waiting, ...]
     inspect: frozenset[str]  # domains to read in full, then plan again
 
@@ -57,18 +68,57 @@ class Starts:
 CHECKING = "reading every disk of its domain before starting (one pull per domain)"
 
 
+def busy_domains(
+    jobs: Iterable[tuple[str, BlockJob, bool]],
+) -> tuple[dict[str, str], frozenset[str]]:
+    """From (domain, job, aborted by this plan) of every running job: the domains where a job
+    goes on, with why a candidate there waits; and the domains this plan frees by aborting
+    every job in them.
+
+    QEMU 7.2 (Debian 12) segfaults, killing the guest, when two block-stream jobs of one
+    domain finish at about the same moment; equal shares make that likely. One pull per
+    domain at a time rules it out, at no cost to the host-wide throughput; and a domain where
+    somebody else runs a job of any kind is left to him until it ends.
+
+    A candidate in a domain this plan frees is held, not started: the next plan starts it once
+    a fresh observation shows the aborted pull gone (the controller plans again at once).
+    Starting it right behind the abort is safe only if the abort is known to have ended the old
+    job. libvirt's synchronous abort (the adapter passes no ASYNC flag) returns once QEMU has
+    cancelled it, but the controller applies the rest of a plan when an abort fails: a timeout,
+    a dropped connection, or "no active block job" from a pull that was completing at that
+    moment, whose completion would then overlap the new pull's start. A re-read proves the
+    domain free, at the cost of one more observe per plan that holds a start.
+    """
+    why: dict[str, str] = {}
+    going_on: set[str] = set()
+    for domain, job, aborted in jobs:
+        if not aborted:
+            going_on.add(domain)
+        if domain not in why:
+            why[domain] = (
+                "another disk of this domain is pulling; one pull per domain"
+                if job.type is JobType.PULL
+                else f"another disk of this domain runs a {job.type} job"
+            )
+    freed = frozenset(why.keys() - going_on)
+    return {d: reason for d, reason in why.items() if d not in freed}, freed
+
+
 def choose_starts(
     candidates: Sequence[Candidate],
     busy: Mapping[str, str],
+    freed: frozenset[str],
     slots: int,
     observation: Observation,
     space: SpaceLedger,
     no_slot: str,
 ) -> Starts:
     """`candidates` best first; `busy` names each domain that runs a job, and why it waits;
-    `slots` is how many may start; `no_slot` the reason for those beyond them."""
+    `freed` the domains whose every job this plan aborts; `slots` is how many may start;
+    `no_slot` the reason for those beyond them."""
     taken = dict(busy)
     started: list[Start] = []
+    held: list[Start] = []
     waiting: list[Waiting] = []
     inspect: set[str] = set()
     for item in candidates:
@@ -105,10 +155,10 @@ def choose_starts(
                 )
                 continue
             space.reserve(fs, growth)
-        started.append(Start(item, growth))
+        (held if domain in freed else started).append(Start(item, growth))
         taken[domain] = "another disk of this domain is pulling; one pull per domain at a time"
         slots -= 1
-    return Starts(tuple(started), tuple(waiting), frozenset(inspect))
+    return Starts(tuple(started), tuple(held), tuple(waiting), frozenset(inspect))
 
 
 def _no_room(space: SpaceLedger, fs: FileSystem | Unmeasured | None) -> str | None:

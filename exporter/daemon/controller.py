@@ -281,12 +281,21 @@ class Controller:
     # -- reconcile --------------------------------------------------------------------------
 
     def _reconcile(self) -> None:
+        if self._reconcile_once():
+            # The plan held starts behind its own aborts (one pull per domain, see
+            # exporter.planner): plan again now on a fresh observation, which shows whether the
+            # aborted pulls are gone, instead of waiting for a timer. Once: should the host
+            # still show them, the LOOK_AGAIN_SECONDS timer takes over.
+            self._reconcile_once()
+
+    def _reconcile_once(self) -> bool:
+        """Observe, settle, plan, act; whether to plan again at once (held starts)."""
         started = self._clock.monotonic()
         try:
             observation = self._host.observe()
         except HostError as error:
             self._host_unreachable(error)
-            return
+            return False
         self._libvirt_up = True
         self._connect_backoff = 0.0
         if self._down_since is not None:
@@ -309,11 +318,12 @@ class Controller:
             )
         except HostError as error:
             self._host_unreachable(error)
-            return
+            return False
         self._adopt(current, observation, epoch)
         disks = observation.disks()
         for action in current.actions:
             self._apply(action, disks.get(action.key, (None, None))[1])
+        again = bool(current.held_starts) and not self._host_refused
         self._plan = current
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         self._pull_directories = sorted(
@@ -329,6 +339,7 @@ class Controller:
         self._last_success = self._clock.time()
         self._schedule_after_reconcile(current, finished, bool(current.actions))
         self.snapshot = self._build_snapshot()
+        return again
 
     def _host_unreachable(self, error: HostError) -> None:
         now = self._clock.monotonic()
@@ -356,7 +367,9 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
-        if self._host_refused or needs_another_look(current):  # look again soon
+        # The host changed under an action, starts wait behind aborts, or domains are still to
+        # be read before a start: look again soon.
+        if self._host_refused or current.held_starts or needs_another_look(current):
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
             self._host_refused = False
         # Never a timer in the past or within float rounding of now: that would spin.
@@ -376,7 +389,7 @@ class Controller:
         key = outcome.key
         self._memory = self._memory.without_tracked(key)
         if outcome.kind is OutcomeKind.COMPLETED:
-            self._counters.completed(key)
+            self._counters.completed(key, self._jobs.get(key))
             self._memory = self._memory.with_success(key)
             log.info("pull of %s completed", key)
         elif outcome.kind is OutcomeKind.FAILED:
@@ -513,6 +526,8 @@ class Controller:
             self._reconcile()
 
     def _measure_rates(self) -> None:
+        """Rates from the cursors, and the bytes the daemon's pulls advanced since last read."""
+        self._counters.copied(self._jobs, self._memory.tracked)
         self._rates.measure(self._jobs, self._clock.monotonic())
 
     # -- publishing -------------------------------------------------------------------------

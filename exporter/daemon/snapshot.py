@@ -29,6 +29,7 @@ class Counters:
     completed: dict[DiskKey, int] = field(default_factory=dict)
     failed: dict[DiskKey, int] = field(default_factory=dict)
     aborted: dict[tuple[DiskKey, AbortReason], int] = field(default_factory=dict)
+    copied: dict[DiskKey, int] = field(default_factory=dict)  # bytes the pulls advanced
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ class _Disks:
     def counted(self, counters: Counters) -> tuple[list[DiskKey], list[Labels]]:
         """Disks with outcome counters: every pullable one, then any other with a count."""
         nonzero = set(counters.started).union(
-            counters.completed, counters.failed, (k for k, _ in counters.aborted)
+            counters.completed, counters.failed, counters.copied, (k for k, _ in counters.aborted)
         )
         keys: list[DiskKey] = []
         labels: list[Labels] = []
@@ -271,6 +271,13 @@ def _counter_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
             "did not change).",
             labels,
             per_disk(counters.failed),
+        ),
+        counter(
+            "blockpull_copied_bytes",
+            "Bytes the exporter's block pulls on the disk advanced (libvirt's cursor), counted "
+            "between reads; rate() of it is the disk's pull throughput.",
+            labels,
+            per_disk(counters.copied),
         ),
         counter(
             "blockpull_jobs_aborted",

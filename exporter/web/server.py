@@ -19,12 +19,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from exporter.web.auth import BasicAuth, basic_credentials
+from exporter.web.auth import basic_credentials
 from exporter.web.config import TLSConfig, WebConfig
 from exporter.web.handler import RequestHandler
 from exporter.web.limits import WebLimits
+from exporter.web.live_config import ActiveWebConfig, LiveWebConfig
 from exporter.web.slots import Connection, ConnectionSlots
 
 log = logging.getLogger(__name__)
@@ -66,7 +68,10 @@ def parse_listen_address(address: str) -> tuple[str, int]:
 
 
 class WebServer:
-    """Serves until stop(); start() binds (port 0 picks a free port, see `port`)."""
+    """Serves until stop(); start() binds (port 0 picks a free port, see `port`).
+
+    With `config_file`, the web config is loaded again from it on `reload_config()` (SIGHUP)
+    and whenever it or a certificate file it names changes (`live_config`)."""
 
     def __init__(
         self,
@@ -75,14 +80,13 @@ class WebServer:
         render_metrics: Callable[[], bytes],
         landing_page: Callable[[], str],
         limits: WebLimits = _DEFAULT_LIMITS,
+        config_file: Path | None = None,
     ) -> None:
         self._limits = limits
         self._host, self._requested_port = parse_listen_address(listen_address)
         self._listen_address = listen_address
-        self._config = web_config or WebConfig(source="(none)")
-        self._ssl_context = self._config.ssl_context()
-        self._auth = (
-            BasicAuth(self._config.basic_auth_users) if self._config.basic_auth_users else None
+        self._live = LiveWebConfig(
+            web_config or WebConfig(source="(none)"), config_file, time.monotonic
         )
         self._render_metrics = render_metrics
         self._landing_page = landing_page
@@ -97,7 +101,7 @@ class WebServer:
 
     @property
     def scheme(self) -> str:
-        return "http" if self._ssl_context is None else "https"
+        return self._live.active.scheme
 
     def start(self) -> None:
         if self._server is not None:
@@ -118,25 +122,37 @@ class WebServer:
         self._server = None
         self._thread = None
 
-    # Called by the handler threads.
+    def reload_config(self) -> None:
+        """Load the web config file again soon (safe to call from a signal handler)."""
+        self._live.request_reload()
+
+    # Called by the accept loop and the handler threads.
+
+    def refresh_config(self) -> None:
+        self._live.refresh()
+
+    @property
+    def active(self) -> ActiveWebConfig:
+        return self._live.active
 
     @property
     def tls(self) -> TLSConfig | None:
-        return self._config.tls
+        return self._live.active.config.tls
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
-        return self._ssl_context
+        return self._live.active.ssl_context
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
-        return self._config.headers
+        return self._live.active.config.headers
 
     def authorized(self, header: str | None) -> bool:
-        if self._auth is None:
+        auth = self._live.active.auth
+        if auth is None:
             return True
         credentials = basic_credentials(header)
-        return credentials is not None and self._auth.check(*credentials)
+        return credentials is not None and auth.check(*credentials)
 
     def metrics(self) -> bytes:
         return self._render_metrics()
@@ -205,6 +221,7 @@ class _Server(socketserver.TCPServer):
         with selectors.DefaultSelector() as selector:
             selector.register(self.socket, selectors.EVENT_READ)
             while not self._stopping.is_set():
+                self.app.refresh_config()  # before accepting: a new client gets the new config
                 if selector.select(_POLL_INTERVAL) and self.slots.take(_POLL_INTERVAL):
                     self._accept()
 
@@ -251,11 +268,11 @@ class _Server(socketserver.TCPServer):
         connection = Connection(sock)
         self.slots.waiting(connection)
         try:
-            context = self.app.ssl_context
-            if context is None:
+            active = self.app.active  # one config for the whole connection, reloads or not
+            if active.ssl_context is None:
                 self._handle(sock, client, connection)
             else:
-                self._serve_tls(sock, client, connection, context)
+                self._serve_tls(sock, client, connection, active)
         except Exception:
             self.handle_error(sock, client)
         finally:
@@ -275,8 +292,10 @@ class _Server(socketserver.TCPServer):
         )
 
     def _serve_tls(
-        self, sock: socket.socket, client: Any, connection: Connection, context: ssl.SSLContext
+        self, sock: socket.socket, client: Any, connection: Connection, active: ActiveWebConfig
     ) -> None:
+        context, tls_config = active.ssl_context, active.config.tls
+        assert context is not None
         sock.settimeout(self.limits.handshake_timeout)  # the whole handshake, not each read
         try:
             first = sock.recv(1, socket.MSG_PEEK)
@@ -294,7 +313,7 @@ class _Server(socketserver.TCPServer):
         try:
             try:
                 tls.do_handshake()
-                allowed = self.app.tls is None or self.app.tls.allows_peer(tls.getpeercert())
+                allowed = tls_config is None or tls_config.allows_peer(tls.getpeercert())
             except (OSError, ValueError) as e:
                 log.debug("TLS handshake with %s failed: %s", client, e)
                 return

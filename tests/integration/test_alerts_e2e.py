@@ -1,7 +1,7 @@
 """A real failing pull makes a real Prometheus, loaded with prometheus/alerts.yml as shipped,
 fire BlockpullJobFailed; once the backing store is back, the daemon's retry succeeds.
 
-The failing backing store (DESIGN.md): the disk's base is a raw image served by qemu-nbd; the
+The failing backing store: the disk's base is a raw image served by qemu-nbd; the
 daemon starts a throttled pull of the overlay above it, and qemu-nbd is killed mid-pull, so
 QEMU's reads fail and libvirt reports the job failed. qemu-nbd is then restarted on the same
 port and the retry (policy backoff 2 s) completes the pull.

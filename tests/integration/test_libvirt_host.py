@@ -218,7 +218,7 @@ def test_set_speed_changes_the_bandwidth(
     assert job.bandwidth == 2 * MIB + 1
 
 
-def test_unlimited_bandwidth_is_zero(
+def test_unlimited_bandwidth_reads_back_as_unlimited(
     libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)

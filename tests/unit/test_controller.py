@@ -151,6 +151,60 @@ def test_a_window_that_closes_pauses_the_pull_which_resumes_and_completes_next_w
     assert controller.snapshot.counters.completed[WEB1] == 1
 
 
+def test_the_copied_counter_reaches_the_bytes_a_completed_pull_had_to_copy(tmp_path):
+    host = web_host(size=100 * MiB)
+    controller = make_controller(host, write_policy(tmp_path / "p.yaml", bandwidth="10MiB/s"))
+    run_for(controller, host, 3)
+    job = host.job(WEB1)
+    assert job is not None and 0 < controller.snapshot.counters.copied[WEB1] <= job.cur
+    run_for(controller, host, 60)
+    assert controller.snapshot.counters.completed[WEB1] == 1
+    assert controller.snapshot.counters.copied[WEB1] == job.end
+
+
+def test_the_copied_counter_never_goes_back_across_a_pull_paused_by_its_window(tmp_path):
+    host = web_host(size=30 * MiB)  # needs two windows at 10 KiB/s
+    policy = write_policy(tmp_path / "p.yaml", bandwidth="10KiB/s", windows="[early]")
+    controller = make_controller(host, policy)
+    seen = [0]
+    for _ in range(26 * 6):  # 26 h in steps of 10 min: two windows
+        run_for(controller, host, 600)
+        seen.append(controller.snapshot.counters.copied.get(WEB1, 0))
+    assert seen == sorted(seen)
+    assert controller.snapshot.counters.completed[WEB1] == 1
+    assert seen[-1] >= 60 * MiB  # the second pull advances again over what QEMU skips
+
+
+SHIFTS = """\
+version: 1
+timezone: UTC
+defaults: {bandwidth: 100KiB/s, max_concurrent: 4, outside_windows: pause}
+windows:
+  early: {days: daily, from: "01:00", to: "02:00"}
+  late: {days: daily, from: "02:00", to: "03:00"}
+rules:
+  - {name: early, disks: [vda], windows: [early]}
+  - {name: late, disks: [vdb], windows: [late]}
+"""
+
+
+def test_a_start_held_behind_an_abort_in_its_domain_is_made_in_the_same_wake_up(tmp_path):
+    host = SimulatedHost()
+    vda, vdb = host.add_domain(
+        "app-1", [SimDisk(d, f"/images/app-1-{d}.qcow2", chain=(BASE,)) for d in ("vda", "vdb")]
+    )
+    policy = tmp_path / "p.yaml"
+    policy.write_text(SHIFTS)
+    controller = make_controller(host, policy, resync_interval=24 * 3600)
+    run_for(controller, host, 3600 + 60)  # 01:01: vda pulls in its window (1 GiB, 100 KiB/s)
+    assert (host.job(vda) is not None, host.job(vdb)) == (True, None)
+    host.advance(3600 - 60)  # 02:00: early closes, late opens
+    controller.step([])  # one wake-up, the window boundary's timer; the abort's event unread
+    assert host.job(vda) is None
+    assert host.job(vdb) is not None
+    assert controller.snapshot.counters.aborted == {(vda, AbortReason.WINDOW_CLOSED): 1}
+
+
 def test_finish_lets_a_running_pull_complete_outside_its_window(tmp_path):
     host = web_host(size=20 * MiB)
     policy = write_policy(

@@ -6,9 +6,12 @@ the faults stop, the holds are released and windows allow, every selected disk i
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
+from example_counts import scaled
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -26,7 +29,8 @@ from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"
 APP = "/templates/app.qcow2"
-DOMAINS = ("web-1", "web-2", "web-3", "app-1", "app-2", "db-1")
+APP_1 = "app-1"
+DOMAINS = ("web-1", "web-2", "web-3", APP_1, "app-2", "db-1")
 POLICIES = (
     # any time, tight budget
     """version: 1
@@ -60,17 +64,38 @@ rules:
   - {name: web, domains: ["web-*"], windows: [early]}
   - {name: rest}
 """,
+    # back-to-back windows for app-1's two disks: at 00:10 its vda, unless small enough for
+    # the first window, is aborted and its vdb held behind that abort (one pull per domain);
+    # at 00:20 the other way round, unless vdb is done
+    """version: 1
+timezone: UTC
+defaults: {bandwidth: 1MiB/s, max_concurrent: 2, outside_windows: pause}
+windows:
+  first: {from: "00:00", to: "00:10"}
+  second: {from: "00:10", to: "00:20"}
+  third: {from: "00:20", to: "00:40", bandwidth: unlimited}
+rules:
+  - {name: db, domains: ["db-*"], action: ignore}
+  - {name: second, domains: ["app-1"], disks: ["vdb"], windows: [second]}
+  - {name: first, windows: [first, third]}
+""",
 )
 
 DONE = {DiskState.INDEPENDENT, DiskState.GAVE_UP}
 IMAGES = "/images"
 FS_SIZE = 10 * GiB  # min_free is the default 10%: 1 GiB
-FS_FREE = 6 * GiB  # room for every pull (5 x 2 x 400 MiB at most), not all at once
+FS_FREE = 6 * GiB  # room for every pull (6 disks x 2 x 400 MiB at most), not all at once
 FLOOR = FS_SIZE // 10
 RESYNC = 120.0
 PROGRESS = 5.0
 HOLDS_CHECK = 30.0
 KEYS = st.sampled_from([DiskKey(d, "vda") for d in DOMAINS])
+
+
+def disks_of(name: str, size: int) -> list[SimDisk]:
+    """A vda with `size` bytes in each image of its chain; app-1 also has a vdb."""
+    targets = ("vda", "vdb") if name == APP_1 else ("vda",)
+    return [SimDisk(t, f"{IMAGES}/{name}-{t}.qcow2", chain=(APP, BASE), size=size) for t in targets]
 
 
 class ControllerMachine(RuleBasedStateMachine):
@@ -83,10 +108,10 @@ class ControllerMachine(RuleBasedStateMachine):
         self.folder = Path(tempfile.mkdtemp(prefix="bpx-prop-"))
         self.policy_file = self.folder / "policy.yaml"
         self.policy_file.write_text(POLICIES[variant])
+        self.by_hand: set[DiskKey] = set()
         self.host = SimulatedHost(start=DEFAULT_EPOCH + start, device_speed=64 * MiB)
         for name in DOMAINS:
-            disk = SimDisk("vda", f"{IMAGES}/{name}.qcow2", chain=(APP, BASE), size=size * MiB)
-            self.host.add_domain(name, [disk])
+            self.host.add_domain(name, disks_of(name, size * MiB))
         self.host.add_file_system(IMAGES, FS_SIZE, FS_FREE)
         self.filled = 0  # bytes a guest wrote there
         self.holds = HoldStore(self.folder / "state")
@@ -134,6 +159,7 @@ class ControllerMachine(RuleBasedStateMachine):
             and self.host.chain(key)
         ):
             self.host.add_foreign_job(key, JobType.PULL, bandwidth=MiB)
+            self.by_hand.add(key)
         # No event announces a job started by hand: the next resync finds it. Until then the
         # host may be over budget, and only the daemon's own actions are held to it.
         self.run(RESYNC + 1)
@@ -202,9 +228,27 @@ class ControllerMachine(RuleBasedStateMachine):
         if hasattr(self, "controller") and self.host.connected:
             assert_invariants(self.controller, self.host, filled={IMAGES: self.filled})
 
+    @invariant()
+    def the_daemon_runs_one_pull_per_domain(self) -> None:
+        if not hasattr(self, "controller"):
+            return
+        jobs = self.host.running_jobs()
+        self.by_hand &= jobs.keys()  # a pull started by hand is the daemon's own next time
+        ours = Counter(k.domain for k, j in jobs.items() if j.type is JobType.PULL)
+        ours.subtract(k.domain for k in self.by_hand)
+        assert max(ours.values(), default=0) <= 1, jobs
+
     def teardown(self) -> None:
         if not hasattr(self, "controller"):
             return
+        try:
+            self.drains_to_done()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)  # one folder per example
+
+    def drains_to_done(self) -> None:
+        """Whatever happened, once the domains run, the guest's data and the holds are gone
+        and windows open, every disk ends done."""
         self.the_guest_frees_what_it_wrote()
         self.the_operator_releases_every_hold()
         for name in DOMAINS:
@@ -230,7 +274,7 @@ class ControllerMachine(RuleBasedStateMachine):
 
 
 ControllerMachine.TestCase.settings = settings(
-    max_examples=30,
+    max_examples=scaled(30),
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

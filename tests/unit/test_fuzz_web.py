@@ -10,6 +10,7 @@ import string
 from collections.abc import Iterator
 
 import pytest
+from example_counts import scaled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -145,7 +146,7 @@ def problems(records: Records) -> list[str]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=scaled(300),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -159,7 +160,7 @@ def test_any_request_gets_a_status_line_or_a_clean_close(
     assert not problems(records), problems(records)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=scaled(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=requests())
 def test_a_good_request_still_works_after_any_request(
     served: tuple[WebServer, Records], data: bytes

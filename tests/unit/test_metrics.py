@@ -69,6 +69,7 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_jobs_completed": "counter",
         "blockpull_jobs_failed": "counter",
         "blockpull_jobs_aborted": "counter",
+        "blockpull_copied_bytes": "counter",
         "blockpull_disks": "gauge",
         "blockpull_disk_backing_depth": "gauge",
         "blockpull_disk_consecutive_failures": "gauge",

@@ -33,7 +33,7 @@ from exporter.core.decisions import (
     StartPull,
 )
 from exporter.core.memory import Memory, TrackedJob
-from exporter.core.model import Disk, DiskKey, DomainState, JobType, Observation
+from exporter.core.model import Disk, DiskKey, Domain, DomainState, JobType, Observation
 from exporter.core.planner import backoff_delay, plan
 from exporter.policy.values import OutsideWindows, Policy
 
@@ -400,6 +400,65 @@ def test_bandwidth_too_small_for_another_pull_starts_none() -> None:
     result = run(obs, policy(bandwidth=1, max_concurrent=5))
     assert result.actions == ()
     assert state(result, key("b")) is DiskState.PENDING
+
+
+# -- one pull per domain, behind an abort ---------------------------------------------------
+
+APP_SDA, APP_VDB = key("app", "sda"), key("app", "vdb")
+
+
+def app_pulls_sda_in_closed_window(
+    *others: Domain, bandwidth: int | None = None
+) -> tuple[Observation, Policy]:
+    """The issue-18 counterexample: at NOON the window of sda's rule is closed (pause), so its
+    pull is aborted; vdb of the same domain is due under an open rule."""
+    obs = observation(domain("app", disk("sda", job=job()), disk("vdb")), *others)
+    pol = policy(
+        rule("night", disks=("sda",), windows=("nights",)), rule("rest"),
+        windows=[NIGHTS], bandwidth=bandwidth, max_concurrent=4,
+    )  # fmt: skip
+    return obs, pol
+
+
+def test_a_start_behind_an_abort_in_its_domain_is_held_not_made() -> None:
+    obs, pol = app_pulls_sda_in_closed_window()
+    result = run(obs, pol)
+    assert result.actions == (AbortPull(APP_SDA, AbortReason.WINDOW_CLOSED),)
+    assert result.held_starts == (APP_VDB,)
+    assert state(result, APP_VDB) is DiskState.PENDING
+
+
+def test_the_plan_after_the_abort_starts_the_held_disk_and_nothing_else() -> None:
+    obs, pol = app_pulls_sda_in_closed_window()
+    first = run(obs, pol)
+    second = run(apply(obs, first.actions), pol)
+    assert [(type(a), a.key) for a in second.actions] == [(StartPull, APP_VDB)]
+    assert second.held_starts == ()
+
+
+def test_a_held_start_has_its_share_already_so_the_next_plan_changes_no_speed() -> None:
+    web = domain("web-1", disk(job=job(bandwidth=100)))
+    obs, pol = app_pulls_sda_in_closed_window(web, bandwidth=100)
+    first = run(obs, pol)
+    assert SetSpeed(key("web-1"), 50, "equal share of the bandwidth budget among 2 pull(s)") in (
+        first.actions
+    )
+    second = run(apply(obs, first.actions), pol)
+    assert [(type(a), a.key, a.bandwidth) for a in second.actions] == [(StartPull, APP_VDB, 50)]
+
+
+def test_no_start_is_held_where_another_pull_keeps_its_domain_busy() -> None:
+    obs = observation(
+        domain("app", disk("sda", job=job()), disk("vdb"), disk("vdc", job=job(bandwidth=1)))
+    )
+    pol = policy(
+        rule("night", disks=("sda",), windows=("nights",)), ignore("hands-off", disks=("vdc",)),
+        rule("rest"), windows=[NIGHTS],
+    )  # fmt: skip
+    result = run(obs, pol)
+    assert result.actions == (AbortPull(APP_SDA, AbortReason.WINDOW_CLOSED),)
+    assert result.held_starts == ()
+    assert run(apply(obs, result.actions), pol).actions == ()
 
 
 # -- whole plan -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from example_counts import scaled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -294,13 +295,13 @@ def assert_only_policy_error(text: str) -> None:
         assert all(issue.message for issue in error.errors)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(st.one_of(documents, policy_like))
 def test_arbitrary_yaml_documents_raise_only_policy_error(document: object) -> None:
     assert_only_policy_error(yaml.safe_dump(document, allow_unicode=True))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=scaled(300), deadline=None)
 @given(st.one_of(st.text(), st.text(alphabet=string.printable + ":-[]{}&*!|>'\"%@`#")))
 def test_arbitrary_text_raises_only_policy_error(text: str) -> None:
     assert_only_policy_error(text)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from example_counts import scaled
 from freezegun import freeze_time
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -227,7 +228,7 @@ EXAMPLE_LIKE = policy(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=scaled(200), deadline=None)
 @given(
     st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2028, 12, 31)),
     st.integers(min_value=0, max_value=9),

@@ -111,7 +111,8 @@ def test_policy_is_checked_before_start_and_before_reload() -> None:
     found = directives(UNIT.read_text())
     check = f"{DAEMON} check ${{POLICY}}"
     assert found["ExecStartPre"] == [check]
-    assert found["ExecReload"] == [check, "/bin/kill -HUP $MAINPID"]
+    # /bin/kill is procps', not on a minimal Debian: the shell's builtin sends the signal.
+    assert found["ExecReload"] == [check, """/bin/sh -c 'kill -HUP "$$MAINPID"'"""]
 
 
 def test_execstart_passes_every_setting_flag() -> None:
@@ -196,3 +197,16 @@ def test_tmpfiles_creates_config_dir_readable_by_the_daemon_group_only(tmp_path:
     assert match
     stat = config.stat()
     assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o777) == (0, int(match.group(1)), 0o750)
+
+
+def test_retried_failed_starts_reach_the_start_limit() -> None:
+    # Restart=on-failure also retries a start refused by ExecStartPre (a broken policy); the
+    # retries come RestartSec apart, so the unit ends failed only if StartLimitBurst of them
+    # fit in StartLimitIntervalSec (systemd's default, 5 in 10 s, never fills at 5 s apart).
+    found = directives(UNIT.read_text())
+    assert found["Restart"] == ["on-failure"]
+    (restart_sec,) = found["RestartSec"]
+    assert restart_sec.endswith("s")
+    (burst,) = found["StartLimitBurst"]
+    (interval,) = found["StartLimitIntervalSec"]
+    assert int(burst) * float(restart_sec.removesuffix("s")) < int(interval)

@@ -4,6 +4,7 @@ libvirt allows `virEventRegisterDefaultImpl()` once per process and it must happ
 connection is opened, or that connection never delivers events, keepalives or close
 callbacks. So the loop is a process-wide singleton (`shared_loop()`), reference-counted: the
 thread runs while at least one host holds it, and stops when the last one releases it.
+Setting it up also routes libvirt's own error reports into the log (`route_errors_to_log()`).
 """
 
 from __future__ import annotations
@@ -67,8 +68,25 @@ def _wake() -> None:
     libvirt.virEventAddTimeout(0, fire, None)
 
 
+def route_errors_to_log() -> None:
+    """Send libvirt's error reports to this module's log at debug level, not to stderr.
+
+    libvirt's default handler prints every error as it happens (`libvirt: XML-RPC error :
+    ...`), also the ones the daemon expects and handles, such as each failed reconnection.
+    The errors still raise libvirtError as before; only libvirt's own report moves. The handler
+    is process-wide, as libvirt's default one is.
+    """
+    libvirt.registerErrorHandler(_log_error, None)
+
+
+def _log_error(_context: object, error: tuple[object, ...]) -> None:
+    """libvirt's error handler: `error` is virGetLastError()'s tuple, its message third."""
+    log.debug("libvirt: %s", error[2])
+
+
 @functools.cache
 def shared_loop() -> EventLoop:
     """The process's loop; registering libvirt's default implementation happens once, here."""
     libvirt.virEventRegisterDefaultImpl()
+    route_errors_to_log()
     return EventLoop()
