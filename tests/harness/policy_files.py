@@ -68,6 +68,7 @@ def policy_for_domains(
     max_backoff: str = "2s",
     rule_name: str = "e2e",
     window: str | None = None,
+    min_free: str | int | None = None,
 ) -> str:
     """The subprocess suites' policy: one rule naming exactly `domains`, short retries.
 
@@ -81,6 +82,7 @@ def policy_for_domains(
         max_concurrent=max_concurrent,
         retry=retry(max_attempts, backoff, max_backoff),
         windows={window: {"days": "daily"}} if window else None,
+        min_free=min_free,
     )
 
 

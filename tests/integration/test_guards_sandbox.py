@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness.failing_storage import tmpfs
 from harness.libvirt_lab import Lab
-from harness.small_fs import small_file_system
 
 REPO = Path(__file__).resolve().parents[2]
 DAEMON_USER = "nobody"  # stands for the unit's own user: not root, in no group of ours
@@ -63,7 +63,7 @@ def daemon_state_dir() -> Iterator[Path]:
 
 
 def test_free_space_is_measured_inside_the_sandbox_as_the_daemons_user(domains: Lab) -> None:
-    with small_file_system(domains.folder, 64) as small:
+    with tmpfs(domains.folder / "small", "64M") as small:
         code = (
             "import json; from exporter.hosts.local_fs import LocalFileSystems;"
             f"found = LocalFileSystems().measure([{str(domains.folder)!r}, {str(small)!r},"
