@@ -101,7 +101,7 @@ from exporter.core.model import (
 )
 from exporter.core.selection import CompiledRule, first_match, selector_for
 from exporter.core.space import SpaceLedger, still_to_write
-from exporter.core.starts import Candidate, busy_domains, choose_starts
+from exporter.core.starts import busy_domains, choose_starts
 from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
 
 __all__ = ["backoff_delay", "plan"]
@@ -214,6 +214,9 @@ class _Wait:
     why: str
 
 
+_NO_WAIT = _Wait(0.0, "")
+
+
 def _unsupported(disk: Disk) -> str | None:
     if disk.readonly:
         return "disk is read-only; a pull writes into the top image"
@@ -320,7 +323,7 @@ def _triage(
     if count >= retry.max_attempts:
         why = f"gave up after {count} failed attempts; waits for a disk or policy change"
         return triage(DiskState.GAVE_UP, why)
-    wait = _backoff(ctx, key, disk, failures)
+    wait = _backoff(ctx, key, disk, failures) if count or ctx.memory.interruptions else _NO_WAIT
     if ctx.now_ts < wait.until:
         retry_at = _datetime_at(wait.until, ctx.tz)
         return triage(DiskState.BACKOFF, wait.why, next_attempt_at=retry_at)
@@ -428,7 +431,7 @@ def plan(
         (t.key.domain, t.job, t.role is _Role.ABORT) for t in triaged if t.job is not None
     )
     chosen = choose_starts(
-        [Candidate(t.key, t.disk, t.base) for t in candidates],
+        candidates,
         busy,
         freed,
         alloc.start,
@@ -441,7 +444,6 @@ def plan(
     share = allocate(budget, foreign, len(managed), starting).share
     pulls = len(kept) + starting
 
-    by_key = {t.key: t for t in candidates}
     decided: dict[DiskKey, DiskDecision] = {}
     aborts: list[AbortPull] = []
     cuts: list[SetSpeed] = []
@@ -465,14 +467,14 @@ def plan(
             (cuts if _is_lower(share, current) else raises).append(speed)
     starts = []
     for start in chosen.started:
-        item = by_key[start.candidate.key]
+        item = start.candidate
         starts.append(StartPull(item.key, item.base, share, _start_reason(item), start.growth))
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     for wait in chosen.waiting:
-        decided[wait.key] = by_key[wait.key].decided(wait.state, wait.reason)
+        decided[wait.candidate.key] = wait.candidate.decided(wait.state, wait.reason)
     for start in chosen.held:
         why = "starts once the pull this plan aborts in its domain is gone; one pull per domain"
-        decided[start.candidate.key] = by_key[start.candidate.key].decided(DiskState.PENDING, why)
+        decided[start.candidate.key] = start.candidate.decided(DiskState.PENDING, why)
     for item in unsaved:
         why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
         decided[item.key] = item.decided(DiskState.PENDING, why)

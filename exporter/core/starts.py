@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from exporter.core.decisions import DiskState
 from exporter.core.model import (
@@ -37,31 +38,38 @@ from exporter.core.space import SpaceLedger
 from exporter.policy.units import format_size
 
 
-@dataclass(frozen=True)
-class Candidate:
-    key: DiskKey
-    disk: Disk
-    base: str | None  # keep_base image, None for a full pull
+class Candidate(Protocol):
+    """What a candidate must say (the planner's own triage of the disk does)."""
+
+    @property
+    def key(self) -> DiskKey: ...
+    @property
+    def disk(self) -> Disk: ...
+    @property
+    def base(self) -> str | None: ...  # keep_base image, None for a full pull
+
+
+C = TypeVar("C", bound=Candidate)
 
 
 @dataclass(frozen=True)
-class Waiting:
-    key: DiskKey
+class Waiting(Generic[C]):
+    candidate: C
     state: DiskState
     reason: str
 
 
 @dataclass(frozen=True)
-class Start:
-    candidate: Candidate
+class Start(Generic[C]):
+    candidate: C
     growth: int | None  # what it may write to its file system; None outside the guard
 
 
 @dataclass(frozen=True)
-class Starts:
-    started: tuple[Start, ...]  # best first
-    held: tuple[Start, ...]  # would start, but behind this plan's abort in their domain
-    waiting: tuple[Waiting, ...]
+class Starts(Generic[C]):
+    started: tuple[Start[C], ...]  # best first
+    held: tuple[Start[C], ...]  # would start, but behind this plan's abort in their domain
+    waiting: tuple[Waiting[C], ...]
     inspect: frozenset[str]  # domains to read in full, then plan again
 
 
@@ -105,39 +113,39 @@ def busy_domains(
 
 
 def choose_starts(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[C],
     busy: Mapping[str, str],
     freed: frozenset[str],
     slots: int,
     observation: Observation,
     space: SpaceLedger,
     no_slot: str,
-) -> Starts:
+) -> Starts[C]:
     """`candidates` best first; `busy` names each domain that runs a job, and why it waits;
     `freed` the domains whose every job this plan aborts; `slots` is how many may start;
     `no_slot` the reason for those beyond them."""
     taken = dict(busy)
-    started: list[Start] = []
-    held: list[Start] = []
-    waiting: list[Waiting] = []
+    started: list[Start[C]] = []
+    held: list[Start[C]] = []
+    waiting: list[Waiting[C]] = []
     inspect: set[str] = set()
     for item in candidates:
         domain = item.key.domain
         if domain in taken:
-            waiting.append(Waiting(item.key, DiskState.PENDING, taken[domain]))
+            waiting.append(Waiting(item, DiskState.PENDING, taken[domain]))
             continue
         if slots <= 0:
-            waiting.append(Waiting(item.key, DiskState.PENDING, no_slot))
+            waiting.append(Waiting(item, DiskState.PENDING, no_slot))
             continue
         fs = space.file_system(item.disk)
         short = _no_room(space, fs)
         if short is not None:
-            waiting.append(Waiting(item.key, DiskState.WAITING_SPACE, short))
+            waiting.append(Waiting(item, DiskState.WAITING_SPACE, short))
             continue
         inspection = observation.inspections.get(domain)
         if inspection is None:
             inspect.add(domain)
-            waiting.append(Waiting(item.key, DiskState.PENDING, CHECKING))
+            waiting.append(Waiting(item, DiskState.PENDING, CHECKING))
             taken[domain] = "another disk of this domain is about to pull"
             slots -= 1
             continue
@@ -146,13 +154,11 @@ def choose_starts(
             usage = inspection.usage.get(item.disk.target)
             if usage is None:
                 why = "waiting: libvirt did not say how much its backing images hold"
-                waiting.append(Waiting(item.key, DiskState.WAITING_SPACE, why))
+                waiting.append(Waiting(item, DiskState.WAITING_SPACE, why))
                 continue
             growth = usage.growth(item.disk.chain, item.base)
             if growth > space.spare(fs):
-                waiting.append(
-                    Waiting(item.key, DiskState.WAITING_SPACE, _too_big(space, fs, growth))
-                )
+                waiting.append(Waiting(item, DiskState.WAITING_SPACE, _too_big(space, fs, growth)))
                 continue
             space.reserve(fs, growth)
         (held if domain in freed else started).append(Start(item, growth))

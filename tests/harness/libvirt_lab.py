@@ -148,6 +148,13 @@ def remove_domain(conn: libvirt.virConnect, name: str) -> None:
             raise
 
 
+def pull_by_hand(conn: libvirt.virConnect, key: DiskKey, bandwidth: int) -> None:
+    """`virsh blockpull --bandwidth` on a run's own domain, as somebody else would."""
+    require_own(key.domain)
+    flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
+    conn.lookupByName(key.domain).blockPull(key.disk, bandwidth, flags)
+
+
 # -- one run's lab -----------------------------------------------------------------------------
 
 

@@ -8,26 +8,22 @@ snapshot is only what is being checked.
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
 import pytest
 from harness.failing_storage import tmpfs
+from harness.free_space import floor_of, free_bytes, overlays_with_data, watching
 from harness.ground_truth import block_job, live_chain
 from harness.in_process_daemon import QUICK_TIMERS, InProcessDaemon, running_in_process
-from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirt_lab import DiskSpec, Lab, pull_by_hand
 from harness.libvirtd import URI
 from harness.policy_files import policy, rule
-from harness.qemu_images import MIB, create_chain, create_overlay, run
+from harness.qemu_images import MIB, run
 from harness.waiting import wait_for, wait_until
 from harness.writing_guest import create_writer_image
 
@@ -36,7 +32,6 @@ from exporter.core.model import DiskKey
 from exporter.daemon.controller import Reload
 from exporter.metrics.renderer import render
 
-BANDWIDTH_BYTES = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,11 +39,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     """`blockpull-exporter ARGS`, as an operator runs it."""
     command = [sys.executable, "-m", "exporter", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False, cwd=REPO)
-
-
-def hand_pull(conn: libvirt.virConnect, key: DiskKey, bandwidth: int) -> None:
-    """`virsh blockpull --bandwidth`, by somebody else."""
-    conn.lookupByName(key.domain).blockPull(key.disk, bandwidth, BANDWIDTH_BYTES)
 
 
 def pulling(conn: libvirt.virConnect, key: DiskKey) -> bool:
@@ -64,32 +54,6 @@ def reason(daemon: InProcessDaemon, key: DiskKey) -> str:
 # -- free space ---------------------------------------------------------------------------------
 
 
-@dataclass
-class FreeSpaceWatch:
-    """Samples a file system's free space (as QEMU may use it) and a guest's state."""
-
-    path: Path
-    guest: str
-    free: list[int] = field(default_factory=list)
-    guest_states: list[tuple[int, int]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        conn = libvirt.open(URI)
-        try:
-            dom = conn.lookupByName(self.guest)
-            while not self.stop.wait(0.05):
-                st = os.statvfs(self.path)
-                self.free.append(st.f_bavail * st.f_frsize)
-                state, why = dom.state()
-                self.guest_states.append((state, why))
-        finally:
-            conn.close()
-
-    def paused(self) -> bool:
-        return any(state == libvirt.VIR_DOMAIN_PAUSED for state, _ in self.guest_states)
-
-
 @pytest.fixture
 def small_fs(domains: Lab) -> Iterator[Path]:
     """A 260 MiB file system in the test's folder (the issue's host had 257 MiB free); its
@@ -101,45 +65,13 @@ def small_fs(domains: Lab) -> Iterator[Path]:
             domains.remove_domains(wait=True)
 
 
-@contextlib.contextmanager
-def watching(path: Path, guest: str) -> Iterator[FreeSpaceWatch]:
-    watch = FreeSpaceWatch(path, guest)
-    thread = threading.Thread(target=watch.run, name="free-space", daemon=True)
-    thread.start()
-    try:
-        yield watch
-    finally:
-        watch.stop.set()
-        thread.join(5)
-
-
-def overlays_with_data(
-    domains: Lab, small: Path, labels: tuple[str, ...], fill_mib: int
-) -> list[DiskKey]:
-    """A paused domain per label whose vda is an overlay on `small` over a base (on the lab's
-    own, big file system) holding `fill_mib` MiB: a full pull writes that much to `small`."""
-    keys = []
-    for label in labels:
-        [base] = create_chain(
-            domains.folder, f"{label}-base", depth=0, size_mib=256, fill_mib=fill_mib
-        ).images
-        top = create_overlay(base, small / f"{label}.qcow2")
-        keys.append(DiskKey(domains.start(label, [DiskSpec("vda", top)]).name(), "vda"))
-    return keys
-
-
-def min_free_floor(path: Path, percent: float = 10.0) -> int:
-    st = os.statvfs(path)
-    return math.ceil(st.f_blocks * st.f_frsize * percent / 100)
-
-
 def test_pulls_keep_min_free_and_a_guest_writing_to_the_same_file_system_runs_on(
     libvirt_conn: libvirt.virConnect, domains: Lab, small_fs: Path
 ) -> None:
     # The issue's host: 260 MiB free, three pulls of 120 MiB each, and a guest writing there.
     keys = overlays_with_data(domains, small_fs, ("a", "b", "c"), fill_mib=120)
     guest = domains.boot("writer", [DiskSpec("vda", create_writer_image(small_fs))]).name()
-    floor = min_free_floor(small_fs)
+    floor = floor_of(small_fs)
     text = policy(rule("mine", [k.domain for k in keys]), max_concurrent=3)  # min_free: 10%
     with (
         watching(small_fs, guest) as watch,
@@ -173,7 +105,7 @@ def test_without_the_guard_the_same_pulls_fill_the_file_system_and_pause_the_gue
     ):
         paused = wait_for(watch.paused, 60, 0.2)
     assert paused, f"the guest kept running; free space went down to {min(watch.free)}"
-    assert min(watch.free) < min_free_floor(small_fs)
+    assert min(watch.free) < floor_of(small_fs)
 
 
 def test_a_running_pull_stops_when_something_else_fills_its_file_system(
@@ -184,7 +116,7 @@ def test_a_running_pull_stops_when_something_else_fills_its_file_system(
     with running_in_process(text, domains.folder, only=[key.domain]) as daemon:
         wait_until(lambda: pulling(libvirt_conn, key), 30, "the pull")
         filler = small_fs / "filler"
-        size = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize - 10 * MIB
+        size = free_bytes(small_fs) - 10 * MIB
         run("fallocate", "-l", str(size), filler)  # something else takes the room
         began = time.monotonic()
         wait_until(lambda: daemon.aborted(key, AbortReason.LOW_SPACE) == 1, 10, "low_space")
@@ -221,7 +153,7 @@ def test_no_pull_starts_in_a_domain_where_somebody_else_just_started_one(
     opened = policy(rule("mine", [vda.domain], disks=["vda"]))
     with running_in_process(closed, image_folder, only=[vda.domain]) as daemon:
         wait_until(lambda: daemon.snapshot.plan is not None, 30, "a first reconcile")
-        hand_pull(libvirt_conn, vdb, 1 * MIB)  # unseen: no event, the sweep comes later
+        pull_by_hand(libvirt_conn, vdb, 1 * MIB)  # unseen: no event, the sweep comes later
         daemon.policy.write_text(opened)
         daemon.controller.inbox.put(Reload())
         wait_until(lambda: daemon.host.inspections, 10, "a full read of the domain")
@@ -243,7 +175,7 @@ def test_a_foreign_job_counts_against_the_budget_within_a_minute(
         text, image_folder, options=options, only=[ours.domain, theirs.domain]
     ) as daemon:
         wait_until(lambda: pulling(libvirt_conn, ours), 30, "our pull")
-        hand_pull(libvirt_conn, theirs, 1 * MIB)
+        pull_by_hand(libvirt_conn, theirs, 1 * MIB)
         began = time.monotonic()
         wait_until(lambda: daemon.aborted(ours, AbortReason.OVER_BUDGET) == 1, 65, "over_budget")
         took = time.monotonic() - began
