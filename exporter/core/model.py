@@ -99,6 +99,9 @@ class Unmeasured:
     error: str
 
 
+QCOW2_METADATA = 512  # qcow2's tables take under 1/512 of the data (64 KiB clusters)
+
+
 @dataclass(frozen=True)
 class ChainUsage:
     """What a pull can add to one disk's top image, read through libvirt for that disk."""
@@ -106,12 +109,16 @@ class ChainUsage:
     capacity: int  # the disk's virtual size in bytes
     allocated: tuple[int, ...]  # host bytes of each backing image, nearest first (Disk.chain);
     # libvirt reports a network image's virtual size, which bounds what it can hold
+    top: int = 0  # host bytes the top image holds already
 
     def growth(self, chain: tuple[str, ...], base: str | None) -> int:
         """The most the top image grows by when everything above `base` is pulled into it:
-        the data allocated in those images, and never more than the disk's virtual size."""
+        the data allocated in those images, and never more than the top can still take (the
+        disk's virtual size and its qcow2 metadata, less what the top holds: after an
+        interrupted pull, what it copied already)."""
         depth = chain.index(base) if base is not None and base in chain else len(chain)
-        return min(self.capacity, sum(self.allocated[:depth]))
+        room = self.capacity + self.capacity // QCOW2_METADATA - self.top
+        return max(0, min(room, sum(self.allocated[:depth])))
 
 
 @dataclass(frozen=True)

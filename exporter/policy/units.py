@@ -51,27 +51,24 @@ def parse_size_rate(text: str) -> int | None:
 
     Zero is returned as 0; whether zero is acceptable is the caller's decision.
     """
-    stripped = text.strip()
-    if stripped == UNLIMITED:
+    if text.strip() == UNLIMITED:
         return None
-    match = _RATE_RE.match(stripped)
-    if match is None:
-        raise ValueError(f"{text!r} is not a bandwidth; {_RATE_FORMS}")
-    unit = match.group("unit")
-    if unit not in _RATE_UNITS:
-        raise ValueError(f"unknown unit {unit!r} in {text!r}; {_RATE_FORMS}")
-    return int(float(match.group("number")) * _RATE_UNITS[unit])
+    return _bytes(text, _RATE_RE, "a bandwidth", _RATE_FORMS)
 
 
 def parse_size(text: str) -> int:
     """Bytes for `text` such as `20GiB` or `500MB`; rounds down to whole bytes."""
-    stripped = text.strip()
-    match = _SIZE_RE.match(stripped)
+    return _bytes(text, _SIZE_RE, "a size", _SIZE_FORMS)
+
+
+def _bytes(text: str, pattern: re.Pattern[str], what: str, forms: str) -> int:
+    """A number with one of the byte units, as `pattern` frames it (with `/s` or without)."""
+    match = pattern.match(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not a size; {_SIZE_FORMS}")
+        raise ValueError(f"{text!r} is not {what}; {forms}")
     unit = match.group("unit")
     if unit not in _RATE_UNITS:
-        raise ValueError(f"unknown unit {unit!r} in {text!r}; {_SIZE_FORMS}")
+        raise ValueError(f"unknown unit {unit!r} in {text!r}; {forms}")
     return int(float(match.group("number")) * _RATE_UNITS[unit])
 
 

@@ -1,6 +1,6 @@
 """Chain usage from libvirt's block stats: what a pull can add to each top image."""
 
-from exporter.core.model import ChainUsage, Disk
+from exporter.core.model import QCOW2_METADATA, ChainUsage, Disk
 from exporter.hosts.libvirt.block_stats import chain_usage
 
 MIB = 1024 * 1024
@@ -20,7 +20,7 @@ STATS = {
 
 def test_each_backing_image_counts_its_allocated_bytes_nearest_first():
     usage = chain_usage(STATS, (VDA, VDB))
-    assert usage["vda"] == ChainUsage(256 * MIB, (8 * MIB, 32 * MIB))
+    assert usage["vda"] == ChainUsage(256 * MIB, (8 * MIB, 32 * MIB), top=200 * 1024)
 
 
 def test_a_full_pull_grows_the_top_by_every_backing_image_a_partial_one_by_those_above_base():
@@ -34,8 +34,14 @@ def test_a_network_backing_image_counts_its_whole_virtual_size():
     assert usage.growth(VDB.chain, None) == 128 * MIB
 
 
-def test_growth_never_exceeds_the_virtual_size():
-    assert ChainUsage(10 * MIB, (8 * MIB, 8 * MIB)).growth(("a", "b"), None) == 10 * MIB
+def test_growth_never_exceeds_what_the_top_can_still_take():
+    room = 10 * MIB + 10 * MIB // QCOW2_METADATA  # the virtual size and the qcow2 tables
+    assert ChainUsage(10 * MIB, (8 * MIB, 8 * MIB)).growth(("a", "b"), None) == room
+
+
+def test_what_an_interrupted_pull_copied_already_is_not_counted_again():
+    usage = ChainUsage(10 * MIB, (8 * MIB, 8 * MIB), top=7 * MIB)
+    assert usage.growth(("a", "b"), None) == 3 * MIB + 10 * MIB // QCOW2_METADATA
 
 
 def test_a_chain_that_changed_between_the_reads_is_left_out_not_guessed():

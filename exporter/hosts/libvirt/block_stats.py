@@ -52,7 +52,8 @@ def chain_usage(stats: Mapping[str, Any], disks: tuple[Disk, ...]) -> dict[str, 
         known = [sizes for sizes in listed if sizes is not None]
         if len(listed) != len(disk.chain) + 1 or len(known) != len(listed):
             continue
-        usage[disk.target] = ChainUsage(known[0][0], tuple(p for _, p in known[1:]))
+        capacity, top = known[0]
+        usage[disk.target] = ChainUsage(capacity, tuple(p for _, p in known[1:]), top)
     return usage
 
 

@@ -225,10 +225,7 @@ class LibvirtHost:
             try:
                 found |= self._job_info(dom, key) is not None
             except HostError as error:
-                if error.reason is ErrorReason.CONNECTION:
-                    raise
-                if error.reason not in _GONE:
-                    log.warning("cannot read the block job of %s: %s", key, error)
+                self._unread(error, key)
         return Sweep(found, next_in)
 
     def _states_after(self, conn: libvirt.virConnect, domains: list[Domain]) -> list[Domain]:
@@ -261,10 +258,7 @@ class LibvirtHost:
             try:
                 result[key] = self._job_info(self._handle(conn, key.domain), key)
             except HostError as error:
-                if error.reason is ErrorReason.CONNECTION:
-                    raise
-                if error.reason not in _GONE:
-                    log.warning("cannot read the block job of %s: %s", key, error)
+                self._unread(error, key)
                 result[key] = None
         return result
 
@@ -301,11 +295,10 @@ class LibvirtHost:
             try:
                 job = self._job_info(dom, key)
             except HostError as error:
-                if error.reason is ErrorReason.CONNECTION:
-                    raise
-                if error.reason not in _GONE:
-                    log.warning("cannot read the block job of %s: %s", key, error)
-                return None
+                self._unread(error, key)
+                if error.reason is ErrorReason.NO_JOB:
+                    continue
+                return None  # a job might run there unseen: no start in this domain
             if job is not None:
                 jobs[key.disk] = job
         return jobs
@@ -407,14 +400,19 @@ class LibvirtHost:
         try:
             job = self._job_info(dom, key)
         except HostError as error:
-            if error.reason is ErrorReason.CONNECTION:
-                raise
-            if error.reason not in _GONE:
-                log.warning("cannot read the block job of %s: %s", key, error)
+            self._unread(error, key)
             return disk
         if job is None:
             return disk
         return dataclasses.replace(disk, job=job)
+
+    def _unread(self, error: HostError, key: DiskKey) -> None:
+        """A job read failed: a lost connection goes on up; anything but a domain, disk or job
+        that is gone is logged. The caller decides what an unread job means."""
+        if error.reason is ErrorReason.CONNECTION:
+            raise error
+        if error.reason not in _GONE:
+            log.warning("cannot read the block job of %s: %s", key, error)
 
     def _job_info(self, dom: libvirt.virDomain, key: DiskKey) -> BlockJob | None:
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES

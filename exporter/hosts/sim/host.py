@@ -126,7 +126,7 @@ class SimulatedHost(SimWorld):
                 disks = domain.disks
                 found[name] = Inspection(
                     {t: d.job.view(self._now) for t, d in disks.items() if d.job is not None},
-                    {t: ChainUsage(d.capacity, d.sizes) for t, d in disks.items()},
+                    {t: ChainUsage(d.capacity, d.sizes, d.copied) for t, d in disks.items()},
                 )
                 self._calls["job_info_reads"] += len(disks)
         self._pause(self._latency.call + len(wanted) * self._latency.domain_xml)
