@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from exporter.core.model import DiskKey
+from exporter.core.shared import GroupUse
 from exporter.policy.values import Budget
 
 
@@ -28,6 +29,7 @@ class AbortReason(StrEnum):
     SHUTDOWN = "shutdown"  # daemon told to abort on exit
     DOMAIN_STOPPED = "domain_stopped"  # seen on re-read: domain gone or shut off mid-pull
     EXTERNAL = "external"  # job vanished, chain unchanged, no failure event: canceled by others
+    COORDINATION_LOST = "coordination_lost"  # a shared group's lease may have expired
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,4 @@ class Plan:
     budget: Budget  # the budget in force at `now`
     open_windows: frozenset[str]
     next_wake: datetime | None  # next window boundary or backoff expiry; None = nothing timed
+    groups: tuple[GroupUse, ...] = ()  # this host's part in each shared group, policy order

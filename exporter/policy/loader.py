@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from exporter.policy.shared_section import parse_shared
 from exporter.policy.units import parse_duration, parse_size_rate
 from exporter.policy.values import (
     Budget,
@@ -54,7 +55,7 @@ DAY_GROUPS: dict[str, frozenset[int]] = {
     "weekends": frozenset({5, 6}),
 }
 
-ROOT_KEYS = ("version", "timezone", "defaults", "windows", "rules")
+ROOT_KEYS = ("version", "timezone", "defaults", "windows", "rules", "shared")
 DEFAULTS_KEYS = ("bandwidth", "max_concurrent", "outside_windows", "retry")
 RETRY_KEYS = ("max_attempts", "backoff", "max_backoff")
 WINDOW_KEYS = ("days", "from", "to", "bandwidth", "max_concurrent")
@@ -419,7 +420,10 @@ class _Checker:
         defaults = self.defaults(entries)
         window_names, windows = self.windows(entries)
         rules = self.rules(entries, window_names)
+        shared = parse_shared(self, entries["shared"][1] if "shared" in entries else None)
         if version is None or defaults is None or windows is None or rules is None:
+            return None
+        if shared is None:
             return None
         return Policy(
             version=version,
@@ -429,6 +433,7 @@ class _Checker:
             rules=rules,
             source=self.source,
             fingerprint=fingerprint,
+            shared=shared,
         )
 
     def version(self, root: Node, entries: dict[str, tuple[Node, Node]]) -> int | None:
