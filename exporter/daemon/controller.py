@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.core.clock import Clock, now_of
+from exporter.core.coordinator import CoordinationChanged, Coordinator
 from exporter.core.decisions import (
     AbortPull,
     AbortReason,
@@ -80,7 +81,7 @@ class Shutdown:
     """SIGTERM/SIGINT: stop after the current step."""
 
 
-Wake = HostEvent | Reload | Shutdown
+Wake = HostEvent | CoordinationChanged | Reload | Shutdown
 
 
 class Notifier(Protocol):
@@ -116,8 +117,12 @@ class Controller:
         store: StateStore | None = None,
         options: ControllerOptions | None = None,
         notifier: Notifier | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
+        """`coordinator`: this host's share of the policy's shared groups; without one, pulls
+        in a shared group do not run."""
         self._host = host
+        self._coordinator = coordinator
         self._source = source
         self._clock = clock
         self._store = store
@@ -147,12 +152,15 @@ class Controller:
         self._reload_ok = True
         self._reload_success_at: float | None = clock.time()
         self._policy_error: str | None = None
+        self._next_lease_end: float | None = None  # when held group slots may expire
         now = clock.monotonic()
         self._next_full = now
         self._next_progress = now + self._options.progress_interval
         self._next_file_check = now + self._options.file_check_interval
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
+        if coordinator is not None:
+            coordinator.subscribe(self.inbox.put)
 
     @property
     def policy(self) -> Policy:
@@ -191,6 +199,10 @@ class Controller:
         deadline = min(self._next_full, self._next_file_check)
         if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
             deadline = min(deadline, self._next_progress)
+        if self._coordinator is not None:  # a group lease runs out: stop its pulls on time
+            lease_end = self._coordinator.next_change(self._clock.monotonic())
+            if lease_end is not None:
+                deadline = min(deadline, lease_end)
         return deadline
 
     def step(self, wakes: Iterable[Wake]) -> None:
@@ -200,7 +212,7 @@ class Controller:
             if isinstance(wake, JobEvent):
                 self._events[wake.key] = wake.outcome
                 full = True
-            elif isinstance(wake, LifecycleEvent):
+            elif isinstance(wake, LifecycleEvent | CoordinationChanged):
                 full = True
             elif isinstance(wake, ConnectionEvent):
                 self._libvirt_up = wake.up
@@ -215,10 +227,14 @@ class Controller:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():
                 full |= self._reload()
-        if full or now >= self._next_full:
+        if full or now >= self._next_full or self._lease_ended(now):
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
+
+    def _lease_ended(self, now: float) -> bool:
+        lease_end = self._next_lease_end
+        return lease_end is not None and now >= lease_end
 
     def shutdown(self) -> None:
         self._notifier.stopping()
@@ -261,12 +277,18 @@ class Controller:
         epoch = self._clock.time()
         self._settle(observation, epoch)
         policy = self._source.policy
-        current = plan(observation, policy, now_of(self._clock), self._memory)
+        allowances = None
+        if self._coordinator is not None:
+            allowances = self._coordinator.allowances(self._clock.monotonic())
+        current = plan(observation, policy, now_of(self._clock), self._memory, allowances)
         self._adopt(current, observation, epoch)
         disks = observation.disks()
         for action in current.actions:
             self._apply(action, disks.get(action.key, (None, None))[1])
         self._plan = current
+        if self._coordinator is not None:
+            self._coordinator.report(policy.shared, current.groups)
+            self._next_lease_end = self._coordinator.next_change(self._clock.monotonic())
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
@@ -464,4 +486,5 @@ class Controller:
             policy_error=self._policy_error,
             reconcile_duration=self._durations.freeze(),
             last_reconcile_success_at=self._last_success,
+            coordination=self._coordinator.status() if self._coordinator is not None else None,
         )

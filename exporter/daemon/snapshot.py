@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.core.coordinator import CoordinationStatus
 from exporter.core.decisions import AbortReason, Plan
 from exporter.core.model import BlockJob, DiskKey
 
@@ -56,3 +57,4 @@ class Snapshot:
     policy_error: str | None  # the last reload's error, shown by `status` and the landing page
     reconcile_duration: Histogram
     last_reconcile_success_at: float | None
+    coordination: CoordinationStatus | None = None  # None: no coordinator (no shared groups)

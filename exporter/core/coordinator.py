@@ -1,0 +1,64 @@
+"""The one protocol between the controller and the fleet coordinator (`exporter.fleet`).
+
+The controller asks for this host's allowance per shared group before it plans, reports what
+the plan runs and wants afterwards, and publishes the coordinator's status with its snapshot.
+The coordinator talks to the coordination service on its own thread: none of these calls may
+wait on the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from exporter.core.shared import GroupAllowance, GroupUse
+from exporter.policy.values import SharedGroup
+
+
+@dataclass(frozen=True)
+class CoordinationChanged:
+    """A wake-up from the coordinator: the allowances changed (slots, shares, reachability)."""
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """One shared group as this host last saw it."""
+
+    group: SharedGroup
+    slots: int  # slots this host holds
+    share: int | None  # bytes/s each of this host's group pulls may use; None = unlimited
+    cluster_slots: int  # slots held by all hosts together (this one included)
+    cluster_demand: int  # group pulls all hosts would run if the group allowed
+    members: int  # hosts taking part in the group
+
+
+@dataclass(frozen=True)
+class CoordinationStatus:
+    up: bool  # the coordination service answered the last round
+    requests: int  # requests sent to the coordination service since the start
+    groups: tuple[GroupStatus, ...]
+
+
+class Coordinator(Protocol):
+    def allowances(self, now: float) -> Mapping[str, GroupAllowance]:
+        """This host's allowance per group at monotonic time `now` (a lease may have run out)."""
+        ...
+
+    def report(self, groups: tuple[SharedGroup, ...], uses: tuple[GroupUse, ...]) -> None:
+        """The policy's groups and this host's part in each after a plan."""
+        ...
+
+    def next_change(self, now: float) -> float | None:
+        """Monotonic time at which the allowances change without a wake-up (a lease ends)."""
+        ...
+
+    def status(self) -> CoordinationStatus: ...
+
+    def subscribe(self, sink: Callable[[CoordinationChanged], None]) -> None:
+        """Deliver a wake-up to `sink`, from any thread, whenever the allowances change."""
+        ...
+
+    def close(self) -> None:
+        """Give back every slot and leave every group (best effort, bounded in time)."""
+        ...
