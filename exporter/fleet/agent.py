@@ -178,9 +178,9 @@ class FleetAgent:
             if was_up or self._rounds == 0:
                 log.warning("coordination service unreachable: %s", error)
             self._up = False
-        self._rounds += 1
-        if was_up is not self._up and self._up:
+        if self._up and not was_up and self._rounds > 0:
             log.info("coordination service reachable again")
+        self._rounds += 1
         after = self.allowances(self._clock.monotonic())
         if (after != before or was_up is not self._up) and self._sink is not None:
             self._sink(CoordinationChanged())

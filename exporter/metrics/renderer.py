@@ -163,6 +163,10 @@ def _families(snapshot: Snapshot | None, version: str) -> list[Family]:
     families += _counter_families(snapshot, disks)
     if snapshot.plan is not None:
         families += _plan_families(snapshot, disks)
+    if snapshot.coordination is not None:
+        from exporter.metrics.coordination import coordination_families  # it imports this one
+
+        families += coordination_families(snapshot)
     images = sorted(snapshot.backing_dependents.items())
     families.append(
         _gauge(

@@ -142,18 +142,30 @@ class SimFileHost(SimulatedHost):
         self._loaded = raw
 
     def _write(self, state: dict[str, Any]) -> None:
-        raw = (json.dumps(_document(state), indent=1) + "\n").encode()
-        fd, temp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(raw)
-                out.flush()
-                os.fsync(out.fileno())
-            Path(temp).replace(self._path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        self._loaded = raw
+        self._loaded = _write_state(self._path, state)
+
+
+def save_sim_host(path: Path, host: SimulatedHost) -> None:
+    """Write `host` as the state file of `sim://<path>`: scenarios for tests, benchmarks and
+    the fleet demo. Not for a file a running daemon uses (no lock is taken)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_state(path, host.to_state())
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> bytes:
+    """Replace the file atomically (temp file + os.replace); returns the bytes written."""
+    raw = (json.dumps(_document(state), indent=1) + "\n").encode()
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temp).replace(path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return raw
 
 
 def _document(state: dict[str, Any]) -> dict[str, Any]:
