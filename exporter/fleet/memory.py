@@ -54,7 +54,7 @@ class MemoryService:
 
     def _check(self, member: str) -> None:
         if not self.reachable or member in self.partitioned:
-            raise CoordinationError("coordination service unreachable")
+            raise CoordinationError("the in-memory service is cut off")
 
     def _expire(self) -> None:
         now = self.clock.monotonic()

@@ -36,22 +36,22 @@ def parse_shared(checker: _Checker, node: Node | None) -> tuple[SharedGroup, ...
         checker.at(node, "shared", f"expected a mapping of group names to groups, e.g. {EXAMPLE}")
         return None
     groups = [
-        _group(checker, name, value, f"shared.{name}")
-        for name, (_, value) in checker.entries(node, "shared", None).items()
+        _group(checker, name, key, value, f"shared.{name}")
+        for name, (key, value) in checker.entries(node, "shared", None).items()
     ]
     if any(group is None for group in groups):
         return None
     return tuple(group for group in groups if group is not None)
 
 
-def _group(checker: _Checker, name: str, node: Node, path: str) -> SharedGroup | None:
+def _group(checker: _Checker, name: str, key: Node, node: Node, path: str) -> SharedGroup | None:
     fields = checker.mapping(node, path, SHARED_KEYS)
     if fields is None:
         return None
     ok = True
     if not NAME_RE.match(name):
         checker.at(
-            node,
+            key,
             path,
             f"group name {name!r}: use 1 to 63 letters, digits, '.', '_' or '-', starting with "
             "a letter or digit (every host uses it as a coordination key)",
