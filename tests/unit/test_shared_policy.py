@@ -3,13 +3,31 @@ refuses to start."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from exporter.cli import main
 from exporter.policy.loader import parse_policy
 from exporter.policy.values import SharedGroup
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "policies" / "good" / "shared.yaml"
+
+
+@pytest.fixture(autouse=True)
+def logging_restored() -> Iterator[None]:
+    """`run` sets up the process's logging first thing (to stderr, which capsys swaps):
+    put pytest's handlers back for the tests after this one."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 def test_shared_groups_are_read_in_file_order_with_their_limits() -> None:
