@@ -18,7 +18,10 @@ from exporter.policy.values import SharedGroup
 
 @dataclass(frozen=True)
 class CoordinationChanged:
-    """A wake-up from the coordinator: the allowances changed (slots, shares, reachability)."""
+    """A wake-up from the coordinator after a round: the allowances changed (slots, shares,
+    reachability), so plan again; or only its status did, so publish it."""
+
+    allowances: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class Coordinator(Protocol):
     def status(self) -> CoordinationStatus: ...
 
     def subscribe(self, sink: Callable[[CoordinationChanged], None]) -> None:
-        """Deliver a wake-up to `sink`, from any thread, whenever the allowances change."""
+        """Deliver a wake-up to `sink`, from any thread, after every round."""
         ...
 
     def close(self) -> None:

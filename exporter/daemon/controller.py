@@ -208,12 +208,16 @@ class Controller:
     def step(self, wakes: Iterable[Wake]) -> None:
         """Handle the given wake-ups and whatever timers are due; one reconcile at most."""
         full = False
+        publish = False  # the coordinator's status changed: a new snapshot, no reconcile
         for wake in wakes:
             if isinstance(wake, JobEvent):
                 self._events[wake.key] = wake.outcome
                 full = True
-            elif isinstance(wake, LifecycleEvent | CoordinationChanged):
+            elif isinstance(wake, LifecycleEvent):
                 full = True
+            elif isinstance(wake, CoordinationChanged):
+                full |= wake.allowances
+                publish = True
             elif isinstance(wake, ConnectionEvent):
                 self._libvirt_up = wake.up
                 self._connect_backoff = 0.0
@@ -231,6 +235,8 @@ class Controller:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
+        elif publish:
+            self.snapshot = self._build_snapshot()
 
     def _lease_ended(self, now: float) -> bool:
         lease_end = self._next_lease_end

@@ -37,6 +37,7 @@ from exporter.policy.values import SharedGroup
 log = logging.getLogger(__name__)
 
 ROUND_SECONDS = 1.0
+MIN_PAUSE_SECONDS = 0.1  # between rounds that took longer than ROUND_SECONDS
 HEARTBEATS_PER_TTL = 6
 CLOSE_WAIT_SECONDS = 10.0
 
@@ -163,8 +164,10 @@ class FleetAgent:
 
     def _run(self) -> None:
         while True:
+            began = self._clock.monotonic()
             self.round()
-            if self._clock.wait(self._stop, ROUND_SECONDS) is not None:
+            rest = max(MIN_PAUSE_SECONDS, began + ROUND_SECONDS - self._clock.monotonic())
+            if self._clock.wait(self._stop, rest) is not None:
                 return
 
     def round(self) -> None:
@@ -182,8 +185,8 @@ class FleetAgent:
             log.info("coordination service reachable again")
         self._rounds += 1
         after = self.allowances(self._clock.monotonic())
-        if (after != before or was_up is not self._up) and self._sink is not None:
-            self._sink(CoordinationChanged())
+        if self._sink is not None:
+            self._sink(CoordinationChanged(allowances=after != before or was_up is not self._up))
 
     def _round(self) -> None:
         now = self._clock.monotonic()
@@ -193,10 +196,7 @@ class FleetAgent:
             self._new_session(now)
         session = self._session
         assert session is not None
-        if now >= self._next_heartbeat:
-            session.heartbeat()
-            self._lease_from = now
-            self._next_heartbeat = now + self._ttl / HEARTBEATS_PER_TTL
+        self._keep_alive(session)
         with self._lock:
             groups = list(self._groups.items())
             uses = dict(self._uses)
@@ -205,6 +205,15 @@ class FleetAgent:
                 self._leave(session, name, group)
             else:
                 self._settle(session, group, uses.get(name))
+
+    def _keep_alive(self, session: Session) -> None:
+        """Heartbeat when due. Called between the requests of a round as well: over a slow
+        network a round can take seconds, and the leases must not wait for it to end."""
+        now = self._clock.monotonic()
+        if now >= self._next_heartbeat:
+            session.heartbeat()
+            self._lease_from = now  # the lease runs from no later than the request's start
+            self._next_heartbeat = now + self._ttl / HEARTBEATS_PER_TTL
 
     def _new_session(self, now: float) -> None:
         member = f"{self._name}.{uuid.uuid4().hex[:8]}"
@@ -249,6 +258,7 @@ class FleetAgent:
         if not state.joined:
             session.join(name, self._capabilities(demand, state.held))
             state.joined = True
+            self._keep_alive(session)
         members = session.members(name)
         others = {m: caps for m, caps in members.items() if m != self._member}
         other_demands = [_count(caps.get("demand")) for caps in others.values()]
@@ -264,6 +274,7 @@ class FleetAgent:
         for slot in range(limit):
             if len(state.held) >= min(cap, published) or slot in taken or slot in state.held:
                 continue
+            self._keep_alive(session)
             if session.acquire(name, slot):
                 with self._lock:
                     state.held.add(slot)

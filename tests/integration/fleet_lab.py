@@ -10,9 +10,10 @@ thread and keeps, per sweep, the sums over daemons that the group's invariants a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,6 +73,41 @@ def fleet_policy(
     )
 
 
+def coordination_args(url: str, ttl: float) -> list[str]:
+    return ["--coordination.url", url, "--coordination.lease-ttl", f"{ttl:g}"]
+
+
+@contextlib.contextmanager
+def sim_daemons(
+    workdir: Path,
+    count: int,
+    url: str,
+    policy: str,
+    *,
+    domains: int,
+    disk_size: int,
+    ttl: float,
+    log_level: str = "info",
+) -> Iterator[list[ExporterProcess]]:
+    """`count` daemons, each on its own simulated host of `domains` group disks, all in one
+    group through `url`; every one of them stopped on the way out."""
+    daemons: list[ExporterProcess] = []
+    try:
+        for n in range(count):
+            folder = workdir / f"host-{n}"
+            host = sim_host_file(folder / "host.json", domains, disk_size, prefix=f"h{n}")
+            daemon = ExporterProcess(
+                folder, f"sim://{host}", coordination_args(url, ttl), log_level=log_level
+            )
+            daemon.policy.write_text(policy)
+            daemons.append(daemon)
+            daemon.start()
+        yield daemons
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
 @dataclass(frozen=True)
 class Sweep:
     """One scrape of every daemon, taken one after the other as fast as they answer."""
@@ -93,6 +129,7 @@ class FleetSampler:
     _thread: threading.Thread | None = None
 
     def __enter__(self) -> FleetSampler:
+        self.sweeps.append(self.sweep())  # `sweeps[-1]` is there from the start
         self._thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
         self._thread.start()
         return self

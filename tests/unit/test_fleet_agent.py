@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from exporter.core.clock import ManualClock
+from exporter.core.coordinator import CoordinationChanged
 from exporter.core.shared import NOTHING, GroupAllowance, GroupUse
 from exporter.fleet.agent import FleetAgent, hold_margin
 from exporter.fleet.memory import MemoryService
@@ -189,13 +190,13 @@ def test_a_group_removed_from_the_policy_is_left_and_its_slots_released(
     assert member.allowances(clock.monotonic()) == {}
 
 
-def test_the_controller_is_woken_when_allowances_change(
+def test_the_controller_is_woken_after_every_round_saying_whether_allowances_changed(
     service: MemoryService, clock: ManualClock
 ) -> None:
     member = agent(service, "a", demand=1)
     wakes: list[object] = []
     member.subscribe(wakes.append)
     rounds(member)
-    assert len(wakes) == 1
+    assert wakes == [CoordinationChanged(allowances=True)]
     rounds(member)
-    assert len(wakes) == 1  # nothing changed
+    assert wakes[-1] == CoordinationChanged(allowances=False)  # only its status changed
