@@ -207,6 +207,7 @@ def test_network_delay_to_etcd_keeps_the_group_within_its_limits(
         url = f"etcd3+http://127.0.0.1:{proxy.port}"
         with daemons_on(cluster, tmp_path, url=url) as daemons:
             wait_for("the group is full", group_full(daemons), 30)
+            wait_for("every daemon up", lambda: FleetSampler(daemons).sweep().up == 3, 15)
             with FleetSampler(daemons) as sampler:
                 time.sleep(12)
     assert_within_limits(sampler.sweeps)
