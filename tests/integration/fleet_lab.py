@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ TEMPLATE = f"{GROUP_FOLDER}/template.qcow2"
 HELD_PULLS = "blockpull_shared_group_held_pulls"
 HELD_BANDWIDTH = "blockpull_shared_group_held_bandwidth_bytes_per_second"
 COORDINATION_UP = "blockpull_coordination_up"
+START_TOGETHER = 10  # daemons started at once: imports cost a CPU second each on 2 cores
 
 
 def sim_host_file(
@@ -101,7 +103,8 @@ def sim_daemons(
             )
             daemon.policy.write_text(policy)
             daemons.append(daemon)
-            daemon.start()
+        with ThreadPoolExecutor(max_workers=min(count, START_TOGETHER)) as pool:
+            list(pool.map(lambda daemon: daemon.start(), daemons))  # raises the first failure
         yield daemons
     finally:
         for daemon in daemons:

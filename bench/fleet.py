@@ -1,0 +1,178 @@
+"""Fleet: daemons on simulated hosts drain one shared group through a real 3-member etcd.
+
+    .venv/bin/python bench/fleet.py [--daemons 5,10,25,50] [--seconds 30] [--record]
+
+For each fleet size N: a fresh local etcd cluster (3 members and etcd's gateway, loopback
+ports), N daemons (`blockpull-exporter run` processes) each on its own simulated host
+(`sim://`) whose disks all sit on the group's template, and one policy: group `filer-a` with
+bandwidth 400 MiB/s and max_concurrent 8, hosts unlimited. Once every daemon has answered and
+the group is full, a window of `--seconds`:
+
+- utilisation: bytes the simulated hosts really copied in the window (read from their state
+  files, i.e. the hosts' ground truth, not the daemons' word) / (window x group bandwidth);
+  target >= 0.9 at 50 daemons (DESIGN.md);
+- coordination requests per second per daemon: the daemons' own
+  blockpull_coordination_requests_total (HTTP requests to the etcd gateway) over the window;
+- convergence: from the last daemon ready to the group full; and the longest time the sums of
+  the daemons' held pulls and speed limits (their /metrics, sampled every 0.5 s) stayed above
+  the group's limits.
+
+Baseline: without coordination every host pulls at its own budget; N hosts at 50 MiB/s each
+put N x 50 MiB/s on a filer meant to get 400 MiB/s (stated, not run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+from common import table
+from etcd_cluster import etcd_cluster
+from exporter_process import ExporterProcess, parse_metrics
+from fleet_lab import FleetSampler, fleet_policy, longest_violation, sim_daemons
+
+from exporter.core.clock import SystemClock
+from exporter.hosts.sim.state_file import open_sim_host
+
+MiB = common.MiB
+GROUP_MAX = 8
+GROUP_BANDWIDTH = 400 * MiB
+DISK = 1024 * MiB  # a pull lasts ~20 s at one slot's share (50 MiB/s)
+READY_TIMEOUT = 180.0
+REQUESTS = ("blockpull_coordination_requests_total", frozenset())
+
+
+@dataclass(frozen=True)
+class Row:
+    daemons: int
+    disks_per_host: int
+    converged: float  # seconds from the last daemon ready to the group full
+    utilisation: float
+    requests_per_daemon: float  # per second
+    over_limits: float  # longest seconds the summed holdings exceeded the group's limits
+    mean_pulls: float  # summed held pulls over the window's sweeps
+
+
+def copied(daemons: list[ExporterProcess]) -> int:
+    """Bytes the hosts have copied so far, from their state files (time caught up to now)."""
+    clock = SystemClock()
+    return sum(open_sim_host(d.uri, clock).bytes_copied_total() for d in daemons)
+
+
+def requests(daemons: list[ExporterProcess]) -> float:
+    return sum(parse_metrics(d.scrape()).get(REQUESTS, 0.0) for d in daemons)
+
+
+def wait(what: str, check: object, timeout: float) -> float:
+    began = time.monotonic()
+    while not check():  # type: ignore[operator]
+        if time.monotonic() - began > timeout:
+            raise SystemExit(f"fleet bench: {what} not within {timeout:.0f} s")
+        time.sleep(0.2)
+    return time.monotonic() - began
+
+
+def run(count: int, seconds: float, workdir: Path) -> Row:
+    # Enough disks that no host runs dry before the window ends: the group copies
+    # bandwidth x (warm-up + window) bytes.
+    per_host = max(3, math.ceil(GROUP_BANDWIDTH * (seconds + 30) / DISK / count) + 1)
+    policy = fleet_policy(group_bandwidth="400MiB/s", group_max_concurrent=GROUP_MAX)
+    with (
+        etcd_cluster(workdir / f"etcd-{count}") as cluster,
+        sim_daemons(
+            workdir / f"fleet-{count}",
+            count,
+            cluster.gateway_url,
+            policy,
+            domains=per_host,
+            disk_size=DISK,
+            ttl=30,
+            log_level="warn",
+        ) as daemons,
+    ):
+        probe = FleetSampler(daemons)
+        converged = wait("the group full", lambda: probe.sweep().pulls == GROUP_MAX, READY_TIMEOUT)
+        with FleetSampler(daemons, interval=0.5) as sampler:
+            began = time.monotonic()
+            bytes0, requests0 = copied(daemons), requests(daemons)
+            time.sleep(seconds)
+            bytes1, requests1 = copied(daemons), requests(daemons)
+            window = time.monotonic() - began
+        sweeps = sampler.since(began)
+    return Row(
+        count,
+        per_host,
+        converged,
+        (bytes1 - bytes0) / window / GROUP_BANDWIDTH,
+        (requests1 - requests0) / window / count,
+        longest_violation(sweeps, GROUP_MAX, GROUP_BANDWIDTH),
+        sum(s.pulls for s in sweeps) / len(sweeps),
+    )
+
+
+def report(rows: list[Row], seconds: float, command: str) -> str:
+    text = common.header("Fleet (bench/fleet.py)", command)
+    text += (
+        f"\nOne group, bandwidth {GROUP_BANDWIDTH // MiB} MiB/s, max_concurrent {GROUP_MAX}; "
+        f"each simulated host has its disks ({DISK // MiB} MiB each) on the group's "
+        f"template; lease TTL 30 s; measured over {seconds:.0f} s once the group was full.\n\n"
+    )
+    text += table(
+        [
+            "daemons",
+            "disks/host",
+            "to full group s",
+            "utilisation",
+            ">= 0.9",
+            "coordination req/s per daemon",
+            "longest over limits s",
+            "mean held pulls",
+        ],
+        [
+            (
+                r.daemons,
+                r.disks_per_host,
+                f"{r.converged:.1f}",
+                f"{r.utilisation:.3f}",
+                "yes" if r.utilisation >= 0.9 else "NO",
+                f"{r.requests_per_daemon:.2f}",
+                f"{r.over_limits:.1f}",
+                f"{r.mean_pulls:.2f}",
+            )
+            for r in rows
+        ],
+    )
+    text += f"\nLoad average at the end: {common.load_average()}.\n"
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--daemons", default="5,10,25,50", help="fleet sizes, comma-separated")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per size")
+    parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.daemons.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="blockpull-fleet-") as folder:
+        for count in sizes:
+            row = run(count, args.seconds, Path(folder))
+            print(row, flush=True)
+            rows.append(row)
+    command = "python bench/fleet.py " + " ".join(sys.argv[1:])
+    text = report(rows, args.seconds, command.strip())
+    print(text)
+    if args.record:
+        common.record("fleet", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
