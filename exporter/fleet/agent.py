@@ -227,7 +227,10 @@ class FleetAgent:
         log.info("joined the coordination service as %s", member)
 
     def _drop_session(self) -> None:
-        """The leases may be gone: forget every slot; the service forgets them by itself."""
+        """The leases may be gone: forget every slot; the service forgets them by itself.
+
+        The old session is closed on a thread of its own: its requests may each wait for the
+        request timeout, and the next round must not wait for them."""
         with self._lock:
             session, self._session = self._session, None
             if session is not None:
@@ -235,6 +238,8 @@ class FleetAgent:
             for group in self._groups.values():
                 group.held.clear()
                 group.joined, group.published = False, None
+        if session is not None:
+            threading.Thread(target=session.close, name="fleet-drop", daemon=True).start()
         log.warning(
             "no heartbeat reached the coordination service for %.0f s: group pulls stop "
             "(coordination_lost) until it answers again",
@@ -244,7 +249,8 @@ class FleetAgent:
     def _leave(self, session: Session, name: str, group: _Group) -> None:
         for slot in sorted(group.held):
             session.release(name, slot)
-            group.held.discard(slot)
+            with self._lock:
+                group.held.discard(slot)
         if group.joined:
             session.leave(name)
         with self._lock:
