@@ -1,6 +1,6 @@
 """Fleet: daemons on simulated hosts drain one shared group through a real 3-member etcd.
 
-    .venv/bin/python bench/fleet.py [--daemons 5,10,25,50] [--seconds 30] [--record]
+    .venv/bin/python bench/fleet.py [--daemons 5,10,25,50] [--seconds 30] [--faults] [--record]
 
 For each fleet size N: a fresh local etcd cluster (3 members and etcd's gateway, loopback
 ports), N daemons (`blockpull-exporter run` processes) each on its own simulated host
@@ -17,6 +17,13 @@ the group is full, a window of `--seconds`:
 - convergence: from the last daemon ready to the group full; and the longest time the sums of
   the daemons' held pulls and speed limits (their /metrics, sampled every 0.5 s) stayed above
   the group's limits.
+
+With `--faults`, five daemons (lease TTL 30 s, the default) go through the failures of the
+README's failure analysis, one after the other, timed from their /metrics sampled five times
+a second: a daemon holding slots is SIGKILLed (until the survivors fill the group again); the
+etcd leader is stopped (how long daemons report the service down, and whether a group pull
+was stopped); every member is frozen with SIGSTOP (until the group pulls stop) and thawed
+(until the group is full again).
 
 Baseline: without coordination every host pulls at its own budget; N hosts at 50 MiB/s each
 put N x 50 MiB/s on a filer meant to get 400 MiB/s (stated, not run).
@@ -37,15 +44,19 @@ import common
 from common import table
 from etcd_cluster import etcd_cluster
 from exporter_process import ExporterProcess, parse_metrics
-from fleet_lab import FleetSampler, fleet_policy, longest_violation, sim_daemons
+from fleet_lab import FleetSampler, Sweep, fleet_policy, longest_violation, sim_daemons
 
 from exporter.core.clock import SystemClock
+from exporter.fleet.agent import hold_margin
 from exporter.hosts.sim.state_file import open_sim_host
 
 MiB = common.MiB
 GROUP_MAX = 8
 GROUP_BANDWIDTH = 400 * MiB
-DISK = 1024 * MiB  # a pull lasts ~20 s at one slot's share (50 MiB/s)
+DISK = 2048 * MiB  # a pull lasts ~40 s at one slot's share (50 MiB/s)
+# A sim:// host only notices a pull's end when the daemon next reads it (real libvirt sends an
+# event at once); reading progress every 0.5 s keeps that detour from counting as idle group.
+DAEMON_ARGS = ("--progress.interval", "0.5")
 READY_TIMEOUT = 180.0
 REQUESTS = ("blockpull_coordination_requests_total", frozenset())
 
@@ -110,6 +121,7 @@ def run(count: int, seconds: float, workdir: Path) -> Row:
             disk_size=DISK,
             ttl=30,
             log_level="warn",
+            extra_args=DAEMON_ARGS,
         ) as daemons,
     ):
         probe = FleetSampler(daemons)
@@ -130,6 +142,69 @@ def run(count: int, seconds: float, workdir: Path) -> Row:
         longest_violation(sweeps, GROUP_MAX, GROUP_BANDWIDTH),
         sum(s.pulls for s in sweeps) / len(sweeps),
     )
+
+
+FAULT_TTL = 30.0
+FAULT_HOSTS = 5
+
+
+def now_held(daemons: list[ExporterProcess]) -> Sweep:
+    return FleetSampler(daemons).sweep()
+
+
+def coordination_lost(daemons: list[ExporterProcess]) -> float:
+    return sum(
+        value
+        for daemon in daemons
+        for (name, labels), value in daemon.samples().items()
+        if name == "blockpull_jobs_aborted_total" and ("reason", "coordination_lost") in labels
+    )
+
+
+def faults(workdir: Path) -> list[tuple[str, str]]:
+    """(what happened, what was measured) for each failure, one after the other."""
+    policy = fleet_policy(group_bandwidth="400MiB/s", group_max_concurrent=GROUP_MAX)
+    figures: list[tuple[str, str]] = []
+    with (
+        etcd_cluster(workdir / "etcd-faults") as cluster,
+        sim_daemons(
+            workdir / "faults",
+            FAULT_HOSTS,
+            cluster.gateway_url,
+            policy,
+            domains=8,
+            disk_size=4 * DISK,  # pulls outlast every fault
+            ttl=FAULT_TTL,
+            log_level="warn",
+            extra_args=DAEMON_ARGS,
+        ) as daemons,
+    ):
+        wait("the group full", lambda: now_held(daemons).pulls == GROUP_MAX, READY_TIMEOUT)
+        victim = next(d for d in daemons if now_held([d]).pulls >= 1)
+        others = [d for d in daemons if d is not victim]
+        victim.kill()
+        handover = wait("handover", lambda: now_held(others).pulls == GROUP_MAX, 3 * FAULT_TTL)
+        figures.append(("SIGKILL of a daemon holding slots: the others hold all slots", handover))
+        with FleetSampler(others) as sampler:
+            began = time.monotonic()
+            cluster.stop(cluster.leader())
+            time.sleep(10)
+        sweeps = sampler.since(began)
+        down = sum(s.finished - s.started + 0.2 for s in sweeps if s.up < len(others))
+        figures.append(("etcd leader stopped: time daemons reported the service down", down))
+        figures.append(("... group pulls stopped meanwhile", coordination_lost(others)))
+        figures.append(
+            ("... mean held pulls over 10 s", sum(s.pulls for s in sweeps) / len(sweeps))
+        )
+        cluster.freeze()
+        try:
+            stopped = wait("pulls stop", lambda: now_held(others).pulls == 0, 2 * FAULT_TTL)
+        finally:
+            cluster.thaw()
+        figures.append(("every member frozen (SIGSTOP): group pulls stopped", stopped))
+        resumed = wait("resume", lambda: now_held(others).pulls == GROUP_MAX, 3 * FAULT_TTL)
+        figures.append(("members thawed (SIGCONT): the group full again", resumed))
+    return [(what, f"{value:.1f}") for what, value in figures]
 
 
 def report(rows: list[Row], seconds: float, command: str) -> str:
@@ -164,28 +239,47 @@ def report(rows: list[Row], seconds: float, command: str) -> str:
             for r in rows
         ],
     )
-    text += f"\nLoad average at the end: {common.load_average()}.\n"
-    return text
+    return text + f"\nLoad average at the end: {common.load_average()}.\n"
+
+
+def faults_report(failures: list[tuple[str, str]], command: str) -> str:
+    text = common.header("Fleet failures (bench/fleet.py --faults)", command)
+    text += (
+        f"\n{FAULT_HOSTS} daemons on simulated hosts, one group ({GROUP_MAX} slots), lease TTL "
+        f"{FAULT_TTL:.0f} s: a heartbeat every {FAULT_TTL / 6:.0f} s, group pulls stop "
+        f"{hold_margin(FAULT_TTL):.0f} s before the lease can end; the failures one after "
+        "the other.\n\n"
+    )
+    text += table(["what", "seconds (or count)"], failures)
+    return text + f"\nLoad average at the end: {common.load_average()}.\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--daemons", default="5,10,25,50", help="fleet sizes, comma-separated")
+    parser.add_argument(
+        "--daemons", default="5,10,25,50", help="fleet sizes, comma-separated ('' for none)"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="measured window per size")
+    parser.add_argument("--faults", action="store_true", help="also time the failures")
     parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
-    sizes = [int(n) for n in args.daemons.split(",")]
-    rows = []
+    command = " ".join(["python bench/fleet.py", *sys.argv[1:]])
+    sizes = [int(n) for n in args.daemons.split(",") if n]
     with tempfile.TemporaryDirectory(prefix="blockpull-fleet-") as folder:
+        rows = []
         for count in sizes:
-            row = run(count, args.seconds, Path(folder))
-            print(row, flush=True)
-            rows.append(row)
-    command = "python bench/fleet.py " + " ".join(sys.argv[1:])
-    text = report(rows, args.seconds, command.strip())
-    print(text)
-    if args.record:
-        common.record("fleet", text)
+            rows.append(run(count, args.seconds, Path(folder)))
+            print(rows[-1], flush=True)
+        if rows:
+            text = report(rows, args.seconds, command)
+            print(text, flush=True)
+            if args.record:
+                common.record("fleet", text)
+        if args.faults:
+            text = faults_report(faults(Path(folder)), command)
+            print(text, flush=True)
+            if args.record:
+                common.record("fleet_faults", text)
     return 0
 
 

@@ -90,6 +90,7 @@ def sim_daemons(
     disk_size: int,
     ttl: float,
     log_level: str = "info",
+    extra_args: Sequence[str] = (),
 ) -> Iterator[list[ExporterProcess]]:
     """`count` daemons, each on its own simulated host of `domains` group disks, all in one
     group through `url`; every one of them stopped on the way out."""
@@ -98,9 +99,8 @@ def sim_daemons(
         for n in range(count):
             folder = workdir / f"host-{n}"
             host = sim_host_file(folder / "host.json", domains, disk_size, prefix=f"h{n}")
-            daemon = ExporterProcess(
-                folder, f"sim://{host}", coordination_args(url, ttl), log_level=log_level
-            )
+            args = [*coordination_args(url, ttl), *extra_args]
+            daemon = ExporterProcess(folder, f"sim://{host}", args, log_level=log_level)
             daemon.policy.write_text(policy)
             daemons.append(daemon)
         with ThreadPoolExecutor(max_workers=min(count, START_TOGETHER)) as pool:
