@@ -55,6 +55,7 @@ class _Group:
 
     group: SharedGroup
     held: set[int] = field(default_factory=set)
+    releasing: set[int] = field(default_factory=set)  # given up here, not yet on the service
     joined: bool = False
     settled: bool = False  # a round has settled it since it was added
     leaving: bool = False  # no longer in the policy
@@ -237,6 +238,7 @@ class FleetAgent:
                 self._requests_before += session.requests
             for group in self._groups.values():
                 group.held.clear()
+                group.releasing.clear()
                 group.joined, group.published = False, None
         if session is not None:
             threading.Thread(target=session.close, name="fleet-drop", daemon=True).start()
@@ -246,11 +248,18 @@ class FleetAgent:
             self._ttl - hold_margin(self._ttl),
         )
 
+    def _release(self, session: Session, state: _Group, slots: list[int]) -> None:
+        """Give slots up: first here, so that no new pull is planned on them, then on the
+        service. One that fails stays in `releasing` and is released again next round."""
+        with self._lock:
+            state.held.difference_update(slots)
+            state.releasing.update(slots)
+        for slot in sorted(state.releasing):
+            session.release(state.group.name, slot)
+            state.releasing.discard(slot)
+
     def _leave(self, session: Session, name: str, group: _Group) -> None:
-        for slot in sorted(group.held):
-            session.release(name, slot)
-            with self._lock:
-                group.held.discard(slot)
+        self._release(session, group, sorted(group.held))
         if group.joined:
             session.leave(name)
         with self._lock:
@@ -272,13 +281,12 @@ class FleetAgent:
         published = _count(members.get(self._member, {}).get("demand"))
         level, leftover = water_level([*other_demands, demand], limit)
         cap = slot_cap(demand, level, leftover)
-        for slot in sorted(state.held, reverse=True)[: max(0, len(state.held) - max(cap, in_use))]:
-            session.release(name, slot)
-            with self._lock:
-                state.held.discard(slot)
+        surplus = max(0, len(state.held) - max(cap, in_use))
+        self._release(session, state, sorted(state.held, reverse=True)[:surplus])
         # Take slots only for demand the others have seen: they cut their shares first.
+        mine = state.held | state.releasing
         for slot in range(limit):
-            if len(state.held) >= min(cap, published) or slot in taken or slot in state.held:
+            if len(state.held) >= min(cap, published) or slot in taken or slot in mine:
                 continue
             self._keep_alive(session)
             if session.acquire(name, slot):
