@@ -108,7 +108,10 @@ class GroupLedger:
         for group in groups:
             allowance = self.allowance(group)
             if group not in self._allowances:
-                return f"shared group {group} has no coordinator (--coordination.url)"
+                return (
+                    f"shared group {group}: no slot without the coordination service "
+                    "(run --coordination.url)"
+                )
             if allowance.lost or not allowance.may_start:
                 return (
                     f"shared group {group}: the coordination service cannot be reached; "

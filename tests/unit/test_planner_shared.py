@@ -66,7 +66,7 @@ def test_a_group_without_allowance_runs_nothing() -> None:
     obs = observation(on_filer("a"))
     result = plan(obs, shared_policy(), NOON, Memory(), None)
     assert result.actions == ()
-    assert "no coordinator" in result.decisions[0].reason
+    assert "no slot without the coordination service" in result.decisions[0].reason
 
 
 def test_unreachable_coordination_starts_nothing_but_keeps_running_pulls() -> None:
