@@ -1,6 +1,6 @@
 """Fleet: daemons on simulated hosts drain one shared group through a real 3-member etcd.
 
-    .venv/bin/python bench/fleet.py [--daemons 5,10,25,50] [--seconds 30] [--faults] [--record]
+    .venv/bin/python bench/fleet.py [--daemons 5,10,25,50] [--seconds 60] [--faults] [--record]
 
 For each fleet size N: a fresh local etcd cluster (3 members and etcd's gateway, loopback
 ports), N daemons (`blockpull-exporter run` processes) each on its own simulated host
@@ -58,7 +58,8 @@ DISK = 2048 * MiB  # a pull lasts ~40 s at one slot's share (50 MiB/s)
 # event at once); reading progress every 0.5 s keeps that detour from counting as idle group.
 DAEMON_ARGS = ("--progress.interval", "0.5")
 READY_TIMEOUT = 180.0
-REQUESTS = ("blockpull_coordination_requests_total", frozenset())
+REQUESTS = "blockpull_coordination_requests_total"
+COMPLETED = "blockpull_jobs_completed_total"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Row:
     requests_per_daemon: float  # per second
     over_limits: float  # longest seconds the summed holdings exceeded the group's limits
     mean_pulls: float  # summed held pulls over the window's sweeps
+    completed: int  # pulls that completed in the window: each one a slot handed on
 
 
 def copied(daemons: list[ExporterProcess]) -> list[tuple[float, int]]:
@@ -92,8 +94,16 @@ def aggregate_rate(before: list[tuple[float, int]], after: list[tuple[float, int
     )
 
 
-def requests(daemons: list[ExporterProcess]) -> float:
-    return sum(parse_metrics(d.scrape()).get(REQUESTS, 0.0) for d in daemons)
+def counted(daemons: list[ExporterProcess]) -> tuple[float, float]:
+    """(coordination requests, completed pulls) of all daemons so far."""
+    requests = completed = 0.0
+    for daemon in daemons:
+        for (name, _), value in parse_metrics(daemon.scrape()).items():
+            if name == REQUESTS:
+                requests += value
+            elif name == COMPLETED:
+                completed += value
+    return requests, completed
 
 
 def wait(what: str, check: object, timeout: float) -> float:
@@ -128,9 +138,9 @@ def run(count: int, seconds: float, workdir: Path) -> Row:
         converged = wait("the group full", lambda: probe.sweep().pulls == GROUP_MAX, READY_TIMEOUT)
         with FleetSampler(daemons, interval=0.5) as sampler:
             began = time.monotonic()
-            bytes0, requests0 = copied(daemons), requests(daemons)
+            bytes0, (requests0, completed0) = copied(daemons), counted(daemons)
             time.sleep(seconds)
-            bytes1, requests1 = copied(daemons), requests(daemons)
+            bytes1, (requests1, completed1) = copied(daemons), counted(daemons)
             window = time.monotonic() - began  # for requests: read at both ends in one go
         sweeps = sampler.since(began)
     return Row(
@@ -141,6 +151,7 @@ def run(count: int, seconds: float, workdir: Path) -> Row:
         (requests1 - requests0) / window / count,
         longest_violation(sweeps, GROUP_MAX, GROUP_BANDWIDTH),
         sum(s.pulls for s in sweeps) / len(sweeps),
+        round(completed1 - completed0),
     )
 
 
@@ -224,6 +235,7 @@ def report(rows: list[Row], seconds: float, command: str) -> str:
             "coordination req/s per daemon",
             "longest over limits s",
             "mean held pulls",
+            "pulls completed in the window",
         ],
         [
             (
@@ -235,6 +247,7 @@ def report(rows: list[Row], seconds: float, command: str) -> str:
                 f"{r.requests_per_daemon:.2f}",
                 f"{r.over_limits:.1f}",
                 f"{r.mean_pulls:.2f}",
+                r.completed,
             )
             for r in rows
         ],
@@ -259,7 +272,7 @@ def main() -> int:
     parser.add_argument(
         "--daemons", default="5,10,25,50", help="fleet sizes, comma-separated ('' for none)"
     )
-    parser.add_argument("--seconds", type=float, default=30.0, help="measured window per size")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured window per size")
     parser.add_argument("--faults", action="store_true", help="also time the failures")
     parser.add_argument("--record", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
