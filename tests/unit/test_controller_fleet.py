@@ -118,3 +118,23 @@ def test_metrics_show_what_this_host_holds_and_sees_of_the_group(host, service, 
     assert values[("blockpull_shared_group_held_bandwidth_bytes_per_second", group)] == 30 * MiB
     assert values[("blockpull_shared_group_cluster_demand", group)] == 3.0
     assert values[("blockpull_coordination_requests_total", ())] > 0
+
+
+def test_the_readme_fleet_table_lists_exactly_the_coordination_metrics(host, service, tmp_path):
+    controller, agent = fleet_controller(host, service, tmp_path)
+    settle(controller, agent)
+    text = MetricsRenderer("test", process_metrics=False).render(controller.snapshot).decode()
+    exposed = {
+        (f"{f.name}_total" if f.type == "counter" else f.name, f.type)
+        for f in text_string_to_metric_families(text)
+        if f.name.startswith(("blockpull_coordination", "blockpull_shared_group"))
+    }
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Fleet: one budget for many hosts", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        (cells[0].strip("` "), cells[1].strip())
+        for line in section.splitlines()
+        if line.startswith("| `blockpull_")
+        for cells in [line.strip("|").split("|")]
+    }
+    assert documented == exposed
