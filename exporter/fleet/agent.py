@@ -82,6 +82,14 @@ def _slots(value: object, limit: int) -> set[int]:
     return {s for s in value if isinstance(s, int) and not isinstance(s, bool) and 0 <= s < limit}
 
 
+def _others_wait(others: Mapping[str, Mapping[str, Any]], limit: int) -> bool:
+    """Whether another member wants more group pulls than it holds slots for."""
+    return any(
+        _count(caps.get("demand")) > len(_slots(caps.get("slots"), limit))
+        for caps in others.values()
+    )
+
+
 class FleetAgent:
     """`exporter.core.coordinator.Coordinator` over a coordination `Session`."""
 
@@ -282,6 +290,10 @@ class FleetAgent:
         level, leftover = water_level([*other_demands, demand], limit)
         cap = slot_cap(demand, level, leftover)
         surplus = max(0, len(state.held) - max(cap, in_use))
+        full = len(taken) + len(state.held) >= limit
+        if not surplus and len(state.held) > cap and full and _others_wait(others, limit):
+            surplus = 1  # a slot in use above the fair cap, one a round: the planner stops a
+            # pull (over_budget), which resumes where it stopped when a slot comes back
         self._release(session, state, sorted(state.held, reverse=True)[:surplus])
         # Take slots only for demand the others have seen: they cut their shares first.
         mine = state.held | state.releasing

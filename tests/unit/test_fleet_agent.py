@@ -76,18 +76,26 @@ def test_a_host_gives_back_idle_slots_beyond_its_fair_share(
     assert [allowance(m, clock).slots for m in (first, second)] == [1, 1]
 
 
-def test_slots_in_use_are_kept_until_their_pulls_end(
+def test_slots_in_use_are_kept_while_nobody_else_waits(
+    service: MemoryService, clock: ManualClock
+) -> None:
+    first = agent(service, "a", demand=2, pulls=2)
+    rounds(first)
+    idle = agent(service, "b", demand=0)
+    rounds(idle, first, times=3)
+    assert allowance(first, clock).slots == 2
+
+
+def test_slots_in_use_above_the_fair_cap_are_given_back_one_a_round(
     service: MemoryService, clock: ManualClock
 ) -> None:
     first = agent(service, "a", demand=2, pulls=2)
     rounds(first)
     second = agent(service, "b", demand=2)
-    rounds(second, first, second, times=2)
-    assert allowance(first, clock).slots == 2
-    assert allowance(second, clock).slots == 0
-    want(first, demand=1, pulls=1)  # one pull ended
-    rounds(first, second)
-    assert [allowance(m, clock).slots for m in (first, second)] == [1, 1]
+    rounds(second, first)
+    assert allowance(first, clock).slots == 1  # the planner stops one of its pulls
+    rounds(second)
+    assert allowance(second, clock).slots == 1
 
 
 def test_new_demand_takes_a_slot_only_once_the_others_could_see_it(
