@@ -27,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import itertools
 
 import common
-from common import RecordingHost, Running, table
-from helpers import wait_for
+from common import DAEMON_TIMERS, ForeignWatch, table
+from harness.in_process_daemon import running_in_process
+from harness.libvirt_lab import Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy, rule
+from harness.waiting import wait_for
 
-from exporter.core.clock import SystemClock
 from exporter.core.model import DiskKey
-from exporter.hosts.libvirt.host import LibvirtHost
 
 MiB = common.MiB
 SAMPLE = 0.5
@@ -42,29 +44,24 @@ SAMPLE = 0.5
 ONE_JOB_PER_QEMU = True
 
 
-def make_disks(lab: common.Lab, label: str, domains: int, per: int, mib: int) -> list[DiskKey]:
-    keys = []
+def make_disks(lab: Lab, label: str, domains: int, per: int, mib: int) -> list[DiskKey]:
+    """`domains` domains of `per` disks, each a `mib` MiB chain full of data."""
+    keys: list[DiskKey] = []
     for d in range(domains):
-        targets = ("vda", "vdb", "vdc", "vdd")[:per]
-        specs = [(t, lab.chain(f"{label}{d}-{t}", mib, mib).top) for t in targets]
-        name = lab.start(f"{label}{d}", specs)
-        keys += [DiskKey(name, t) for t in targets]
+        keys += lab.start_with_chains(f"{label}{d}", [mib] * per, size_mib=mib)
     return keys
 
 
-def policy(lab: common.Lab, label: str, budget_mib: int, slots: int) -> Path:
-    assert lab.folder is not None
-    text = (
-        f"version: 1\ndefaults: {{bandwidth: {budget_mib}MiB/s, max_concurrent: {slots}}}\n"
-        f'rules:\n  - name: bench\n    domains: ["{lab.prefix}{label}*"]\n'
-    )
-    return common.write_policy(lab.folder, text, f"{label}.yaml")
+def label_policy(lab: Lab, label: str, budget_mib: int, slots: int) -> str:
+    """Every disk of the domains made with `label`, under one budget."""
+    selected = rule("bench", [f"{lab.prefix}{label}*"])
+    return policy(selected, bandwidth=f"{budget_mib}MiB/s", max_concurrent=slots)
 
 
 # -- 1. aggregate rate ----------------------------------------------------------------------
 
 
-def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
+def aggregate(lab: Lab, budget_mib: int, mib: int) -> str:
     import libvirt
 
     keys = make_disks(lab, "a", 3, 1, mib)  # one pull per QEMU: see ONE_JOB_PER_QEMU
@@ -83,13 +80,15 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
         )
         return all(not i for i in infos) and len(samples) > 4
 
-    with Running(
-        RecordingHost(LibvirtHost(common.URI)), policy(lab, "a", budget_mib, 3), SystemClock()
-    ) as daemon:
-        if not wait_for(lambda: len(daemon.host.of("start_pull")) >= 3, 30):
+    text = label_policy(lab, "a", budget_mib, 3)
+    with (
+        running_in_process(text, lab.folder, options=DAEMON_TIMERS) as daemon,
+        ForeignWatch(daemon) as watch,
+    ):
+        if not wait_for(lambda: len(daemon.host.calls_of("start_pull")) >= 3, 30):
             raise RuntimeError("the three pulls did not start")
         wait_for(sample, 20 + 3 * mib / budget_mib, interval=SAMPLE)
-        note = daemon.foreign_note()
+        note = watch.note()
     # The span in which all three jobs run and have moved: cur > 0 and < end for each.
     end = mib * MiB
     full = [(t, sum(c)) for t, c, _ in samples if all(0 < x < end for x in c)]
@@ -122,25 +121,27 @@ def aggregate(lab: common.Lab, budget_mib: int, mib: int) -> str:
 # -- 2. drain -------------------------------------------------------------------------------
 
 
-def drain(lab: common.Lab, budget_mib: int, mib: int, disks: int) -> str:
+def drain(lab: Lab, budget_mib: int, mib: int, disks: int) -> str:
     keys = make_disks(lab, "b", disks, 1, mib)
-    with Running(
-        RecordingHost(LibvirtHost(common.URI)), policy(lab, "b", budget_mib, 2), SystemClock()
-    ) as daemon:
+    text = label_policy(lab, "b", budget_mib, 2)
+    with (
+        running_in_process(text, lab.folder, options=DAEMON_TIMERS) as daemon,
+        ForeignWatch(daemon) as watch,
+    ):
         if not wait_for(
             lambda: len(daemon.host.completed(keys)) >= len(keys), 60 + 3 * disks * mib / budget_mib
         ):
             raise RuntimeError(f"only {len(daemon.host.completed(keys))} of {len(keys)} pulls done")
-        first = min(c.at for c in daemon.host.of("start_pull") if c.key in keys)
-        last = max(c.at for c in daemon.host.completed(keys))
-        note = daemon.foreign_note()
-        capacity = usable_budget(daemon.watch.seen, first, last, budget_mib * MiB, 2)
+        first = min(c.began for c in daemon.host.calls_of("start_pull") if c.key in keys)
+        last = max(e.at for e in daemon.host.completed(keys))
+        note = watch.note()
+        capacity = usable_budget(watch.seen, first, last, budget_mib * MiB, 2)
     ours = last - first
     serial_keys = make_disks(lab, "s", disks, 1, mib)
     started = time.monotonic()
     for key in serial_keys:
         subprocess.run(
-            ["virsh", "-q", "-c", common.URI, "blockpull", key.domain, key.disk, "--wait",
+            ["virsh", "-q", "-c", URI, "blockpull", key.domain, key.disk, "--wait",
              "--bandwidth", str(budget_mib)],
             check=True, capture_output=True,
         )  # fmt: skip

@@ -42,9 +42,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import table
-from etcd_cluster import etcd_cluster
-from exporter_process import ExporterProcess, parse_metrics
-from fleet_lab import FleetSampler, Sweep, fleet_policy, longest_violation, sim_daemons
+from harness.daemon_process import DaemonProcess, parse_metrics
+from harness.etcd_cluster import etcd_cluster
+from harness.fleet_lab import FleetSampler, Sweep, fleet_policy, longest_violation, sim_daemons
 
 from exporter.core.clock import SystemClock
 from exporter.fleet.agent import hold_margin
@@ -74,7 +74,7 @@ class Row:
     completed: int  # pulls that completed in the window: each one a slot handed on
 
 
-def copied(daemons: list[ExporterProcess]) -> list[tuple[float, int]]:
+def copied(daemons: list[DaemonProcess]) -> list[tuple[float, int]]:
     """Per host: (the host's time, bytes copied by then), from its state file caught up to
     now. Each host's own time, since reading 50 files takes a while."""
     clock = SystemClock()
@@ -94,7 +94,7 @@ def aggregate_rate(before: list[tuple[float, int]], after: list[tuple[float, int
     )
 
 
-def counted(daemons: list[ExporterProcess]) -> tuple[float, float]:
+def counted(daemons: list[DaemonProcess]) -> tuple[float, float]:
     """(coordination requests, completed pulls) of all daemons so far."""
     requests = completed = 0.0
     for daemon in daemons:
@@ -159,11 +159,11 @@ FAULT_TTL = 30.0
 FAULT_HOSTS = 5
 
 
-def now_held(daemons: list[ExporterProcess]) -> Sweep:
+def now_held(daemons: list[DaemonProcess]) -> Sweep:
     return FleetSampler(daemons).sweep()
 
 
-def coordination_lost(daemons: list[ExporterProcess]) -> float:
+def coordination_lost(daemons: list[DaemonProcess]) -> float:
     return sum(
         value
         for daemon in daemons

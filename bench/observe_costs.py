@@ -18,6 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import table
+from harness.libvirt_lab import Lab
+from harness.libvirtd import URI
 
 from exporter.hosts.libvirt.host import LibvirtHost
 
@@ -36,11 +38,11 @@ def row(name: str, unit: str, items: int, rounds: int, work: Callable[[], object
     ]
 
 
-def run_bench(lab: common.Lab, rounds: int) -> list[list[str]]:
+def run_bench(lab: Lab, rounds: int) -> list[list[str]]:
     import libvirt
 
     conn = lab.conn
-    doms = [conn.lookupByName(n) for n in lab.domains]
+    doms = [conn.lookupByName(n) for n in lab.names]
     n = len(doms)
     info_flag = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
     state = libvirt.VIR_DOMAIN_STATS_STATE
@@ -48,7 +50,7 @@ def run_bench(lab: common.Lab, rounds: int) -> list[list[str]]:
         libvirt.VIR_DOMAIN_STATS_BLOCK,
         libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
     )
-    host = LibvirtHost(common.URI)
+    host = LibvirtHost(URI)
     try:
         host.observe()  # connect, and the whole job sweep, before timing
         return [
@@ -108,7 +110,7 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
     with common.lab() as lab:
-        setup = lab.paused_domains(args.domains, TARGETS)
+        setup = common.paused_domains(lab, args.domains, TARGETS)
         print(f"started {args.domains} domains in {setup:.1f} s", flush=True)
         rows = run_bench(lab, args.rounds)
     command = "python bench/observe_costs.py " + " ".join(sys.argv[1:])

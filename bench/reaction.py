@@ -3,9 +3,9 @@
     .venv/bin/python bench/reaction.py [--disks 12] [--reloads 5] [--record]
 
 Real libvirt (qemu:///system), paused TCG domains named `bpx-bench-<uuid8>-*`; the policies
-select only those. The controller runs its own loop (`Controller.run`) in a thread over a
-LibvirtHost wrapped in `common.RecordingHost`, which timestamps each delivered event and the
-start of each start_pull / set_speed / abort call.
+select only those. The controller runs its own loop (`Controller.run`, the daemon's default
+timers) in a thread over a LibvirtHost wrapped in the harness's `RecordingHost`, which
+timestamps each delivered event and the start of each start_pull / set_speed / abort call.
 
 1. Completion -> next start: `--disks` small pulls with max_concurrent 1; from each
    BLOCK_JOB_2 `completed` event to the next start_pull call. Target p95 < 0.5 s.
@@ -35,10 +35,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
-from common import RecordingHost, Running, percentile, table
-from helpers import wait_for
+from common import DAEMON_TIMERS, ForeignWatch, percentile, table
+from harness.in_process_daemon import running_in_process
+from harness.libvirt_lab import Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy, rule, write_policy
+from harness.recording_host import Call, RecordingHost
+from harness.waiting import wait_for
 
-from exporter.core.clock import SystemClock
+from exporter.core.clock import OffsetClock
 from exporter.core.model import DiskKey
 from exporter.daemon.controller import Reload
 from exporter.hosts.libvirt.host import LibvirtHost
@@ -97,50 +102,37 @@ LOG = LogRecorder()
 SLOW: list[tuple[str, list[str]]] = []  # reactions over target, with the daemon's log
 
 
-def rule(prefix: str, extra: str = "") -> str:
-    return f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n{extra}'
-
-
 # -- 1. completion -> next start ------------------------------------------------------------
 
 
-def completions(lab: common.Lab, disks: int) -> Sample:
-    keys = []
+def completions(lab: Lab, disks: int) -> Sample:
+    keys: list[DiskKey] = []
     for d in range(math.ceil(disks / len(TARGETS))):
-        specs = []
-        for target in TARGETS[: min(len(TARGETS), disks - d * len(TARGETS))]:
-            chain = lab.chain(f"c{d}-{target}", size_mib=16, fill_mib=8)
-            specs.append((target, chain.top))
-        name = lab.start(f"c{d}", specs)
-        keys += [DiskKey(name, t) for t, _ in specs]
-    assert lab.folder is not None
-    policy = common.write_policy(
-        lab.folder,
-        "version: 1\ndefaults: {bandwidth: unlimited, max_concurrent: 1}\n"
-        + rule(lab.prefix + "c"),
-        "completions.yaml",
-    )
-    host = RecordingHost(LibvirtHost(common.URI))
-    running = Running(host, policy, SystemClock())
-    try:
-        mine = set(keys)
+        count = min(len(TARGETS), disks - d * len(TARGETS))
+        keys += lab.start_with_chains(f"c{d}", [8] * count, size_mib=16)
+    mine = set(keys)
+    text = policy(rule("bench", [lab.prefix + "c*"]), bandwidth="unlimited", max_concurrent=1)
+    with (
+        running_in_process(text, lab.folder, options=DAEMON_TIMERS) as daemon,
+        ForeignWatch(daemon) as watch,
+    ):
+        host = daemon.host
         done = wait_for(lambda: len(host.completed(mine)) >= len(keys), 120)
-    finally:
-        running.stop()
     if not done:
         raise RuntimeError(f"only {len(host.completed(mine))} of {len(keys)} pulls completed")
-    starts = [c for c in host.of("start_pull") if c.key in mine]
+    starts = _calls(host, "start_pull", mine)
     delays, disturbed = [], []
-    for event in host.completed(mine):
-        after = [s.at for s in starts if s.at >= event.at and s.key != event.key]
+    for seen in host.completed(mine):
+        # From the start of the call: the reaction is the decision, not libvirt's work.
+        after = [s.began for s in starts if s.began >= seen.at and s.key != seen.event.key]
         if after:
-            delays.append(min(after) - event.at)
-            foreign = running.watch.during(event.at, min(after))
+            delays.append(min(after) - seen.at)
+            foreign = watch.during(seen.at, min(after))
             disturbed.append(bool(foreign))
             if delays[-1] >= 0.5:
-                lines = LOG.between(event.at, min(after))
+                lines = LOG.between(seen.at, min(after))
                 lines += [f"foreign job meanwhile: {k} limit {b} B/s" for k, b in sorted(foreign)]
-                SLOW.append((f"completion of {event.key}", lines))
+                SLOW.append((f"completion of {seen.event.key}", lines))
     return Sample("completed event -> next start_pull", delays, 0.5, disturbed)
 
 
@@ -150,107 +142,108 @@ def completions(lab: common.Lab, disks: int) -> Sample:
 def window_policy(prefix: str, opens: float, bandwidth: int) -> str:
     start = time.gmtime(opens)
     end = time.gmtime(opens + 60)
-    return (
-        "version: 1\ntimezone: UTC\n"
-        f"defaults: {{bandwidth: {bandwidth}B/s, max_concurrent: 12}}\n"
-        f'windows:\n  w: {{from: "{start.tm_hour:02d}:{start.tm_min:02d}", '
-        f'to: "{end.tm_hour:02d}:{end.tm_min:02d}"}}\n' + rule(prefix, "    windows: [w]\n")
+    window = {
+        "from": f"{start.tm_hour:02d}:{start.tm_min:02d}",
+        "to": f"{end.tm_hour:02d}:{end.tm_min:02d}",
+    }
+    return policy(
+        rule("bench", [prefix + "*"], windows=["w"]),
+        bandwidth=f"{bandwidth}B/s",
+        max_concurrent=12,
+        windows={"w": window},
     )
 
 
-def replace(path: Path, text: str) -> None:
-    """Atomically, as config management does: a reader never sees half a file."""
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def windows_and_reloads(lab: common.Lab, reloads: int, lead: float) -> list[Sample]:
-    mine = set()
+def windows_and_reloads(lab: Lab, reloads: int, lead: float) -> list[Sample]:
+    mine: set[DiskKey] = set()
     for i in range(2):  # one pull per QEMU: QEMU 7.2 here crashed with several in one domain
-        name = lab.start(f"w{i}", [("vda", lab.chain(f"w{i}", size_mib=64, fill_mib=64).top)])
-        mine.add(DiskKey(name, "vda"))
+        mine |= set(lab.start_with_chains(f"w{i}", [64], size_mib=64))
     # Shift the clock so that a minute boundary M is `lead` seconds from now.
     real_now, mono_now = time.time(), time.monotonic()
     opens = math.ceil(real_now / 60) * 60 + 60.0
-    clock = common.OffsetClock(opens - (real_now + lead))
+    clock = OffsetClock(opens - (real_now + lead))
 
     def mono_at(shifted: float) -> float:  # the monotonic instant the shifted clock reads it
         return mono_now + (shifted - clock.offset - real_now)
 
     # Other engineers' jobs on this libvirtd are foreign to the policy and take their limits
     # out of the host budget (by design): budgets sit that far above them.
-    probe = LibvirtHost(common.URI)
+    probe = LibvirtHost(URI)
     try:
         foreign = sum(
             d.job.bandwidth
             for dom in probe.observe().domains
             for d in dom.disks
-            if d.job is not None and DiskKey(dom.name, d.target) not in mine
+            if d.job is not None
+            and d.job.bandwidth is not None
+            and DiskKey(dom.name, d.target) not in mine
         )
     finally:
         probe.close()
     budgets = {1: foreign + 1 * MiB, 2: foreign + 2 * MiB}
-    assert lab.folder is not None
-    policy = common.write_policy(
-        lab.folder, window_policy(lab.prefix + "w", opens, budgets[1]), "w.yaml"
-    )
-    host = RecordingHost(LibvirtHost(common.URI))
-    running = Running(host, policy, clock)
-    previous = signal.signal(signal.SIGHUP, lambda *_: running.controller.inbox.put(Reload()))
+    text = window_policy(lab.prefix + "w", opens, budgets[1])
     reload_delays: dict[str, list[float]] = {"SIGHUP": [], "file rewritten": []}
     reload_disturbed: dict[str, list[bool]] = {"SIGHUP": [], "file rewritten": []}
-    try:
-        if not wait_for(lambda: len(_calls(host, "start_pull", mine)) >= 2, lead + 10):
-            lines = LOG.between(mono_at(opens), time.monotonic())
-            SLOW.append(("window open: fewer than 2 starts", lines))
-        open_calls = _calls(host, "start_pull", mine)[:2]
-        open_delays = [c.at - mono_at(opens) for c in open_calls]
-        open_disturbed = [bool(running.watch.during(mono_at(opens), c.at)) for c in open_calls]
-        time.sleep(1.0)
-        bandwidth = 1
-        for i in range(2 * reloads):
-            bandwidth = 3 - bandwidth  # foreign + 1 <-> 2 MiB/s, shared by the two pulls
-            how = "SIGHUP" if i % 2 == 0 else "file rewritten"
-            before = len(_calls(host, "set_speed", mine))
-            replace(policy, window_policy(lab.prefix + "w", opens, budgets[bandwidth]))
-            sent = time.monotonic()
-            if how == "SIGHUP":
-                os.kill(os.getpid(), signal.SIGHUP)
-            if not wait_for(lambda b=before: len(_calls(host, "set_speed", mine)) >= b + 2, 5):
-                lines = LOG.between(sent, time.monotonic())
-                lines += [f"foreign job: {k} limit {b} B/s" for k, b in running.watch.ever()]
-                SLOW.append((f"reload {i} ({how}): no set_speed within 5 s", lines))
-                reload_delays[how].append(float("inf"))
-                reload_disturbed[how].append(bool(running.watch.during(sent, time.monotonic())))
-                time.sleep(3)  # let the daemon restart the pulls
-                continue
-            last = _calls(host, "set_speed", mine)[before + 1]
-            reload_delays[how].append(last.at - sent)
-            reload_disturbed[how].append(bool(running.watch.during(sent, last.at)))
-            jobs = host.inner.refresh_jobs(sorted(mine))
-            if any(j is None or j.bandwidth != last.detail for j in jobs.values()):
-                SLOW.append((f"reload {i} ({how}): jobs not at {last.detail} B/s: {jobs}", []))
-            time.sleep(1.5)
-        closes = opens + 60
-        left = mono_at(closes) - time.monotonic()
-        print(f"waiting {left:.0f} s for the window to close", flush=True)
+    with (
+        running_in_process(text, lab.folder, clock, options=DAEMON_TIMERS) as daemon,
+        ForeignWatch(daemon) as watch,
+    ):
+        host = daemon.host
+        previous = signal.signal(signal.SIGHUP, lambda *_: daemon.controller.inbox.put(Reload()))
+        try:
+            if not wait_for(lambda: len(_calls(host, "start_pull", mine)) >= 2, lead + 10):
+                lines = LOG.between(mono_at(opens), time.monotonic())
+                SLOW.append(("window open: fewer than 2 starts", lines))
+            open_calls = _calls(host, "start_pull", mine)[:2]
+            open_delays = [c.began - mono_at(opens) for c in open_calls]
+            open_disturbed = [bool(watch.during(mono_at(opens), c.began)) for c in open_calls]
+            time.sleep(1.0)
+            bandwidth = 1
+            for i in range(2 * reloads):
+                bandwidth = 3 - bandwidth  # foreign + 1 <-> 2 MiB/s, shared by the two pulls
+                how = "SIGHUP" if i % 2 == 0 else "file rewritten"
+                before = len(_calls(host, "set_speed", mine))
+                write_policy(
+                    daemon.policy, window_policy(lab.prefix + "w", opens, budgets[bandwidth])
+                )
+                sent = time.monotonic()
+                if how == "SIGHUP":
+                    os.kill(os.getpid(), signal.SIGHUP)
+                if not wait_for(lambda b=before: len(_calls(host, "set_speed", mine)) >= b + 2, 5):
+                    lines = LOG.between(sent, time.monotonic())
+                    lines += [f"foreign job: {k} limit {b} B/s" for k, b in watch.ever()]
+                    SLOW.append((f"reload {i} ({how}): no set_speed within 5 s", lines))
+                    reload_delays[how].append(float("inf"))
+                    reload_disturbed[how].append(bool(watch.during(sent, time.monotonic())))
+                    time.sleep(3)  # let the daemon restart the pulls
+                    continue
+                last = _calls(host, "set_speed", mine)[before + 1]
+                reload_delays[how].append(last.began - sent)
+                reload_disturbed[how].append(bool(watch.during(sent, last.began)))
+                jobs = host.inner.refresh_jobs(sorted(mine))
+                if any(j is None or j.bandwidth != last.bandwidth for j in jobs.values()):
+                    SLOW.append(
+                        (f"reload {i} ({how}): jobs not at {last.bandwidth} B/s: {jobs}", [])
+                    )
+                time.sleep(1.5)
+            closes = opens + 60
+            left = mono_at(closes) - time.monotonic()
+            print(f"waiting {left:.0f} s for the window to close", flush=True)
 
-        def closing() -> list[common.Call]:  # aborts after the boundary, not over_budget ones
-            return [c for c in _calls(host, "abort", mine) if c.at >= mono_at(closes) - 0.2]
+            def closing() -> list[Call]:  # aborts after the boundary, not over_budget ones
+                return [c for c in _calls(host, "abort", mine) if c.began >= mono_at(closes) - 0.2]
 
-        if not wait_for(lambda: len(closing()) >= 2, left + 10):
-            lines = LOG.between(mono_at(closes), time.monotonic())
-            SLOW.append(("window close: fewer than 2 aborts (pulls done already?)", lines))
-        close_calls = closing()[:2]
-        close_delays = [c.at - mono_at(closes) for c in close_calls]
-        close_disturbed = [bool(running.watch.during(mono_at(closes), c.at)) for c in close_calls]
-        for call, delay in zip(close_calls, close_delays, strict=True):
-            if not 0 <= delay < 1:
-                SLOW.append((f"abort of {call.key}", LOG.between(mono_at(opens), call.at)))
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-        running.stop()
+            if not wait_for(lambda: len(closing()) >= 2, left + 10):
+                lines = LOG.between(mono_at(closes), time.monotonic())
+                SLOW.append(("window close: fewer than 2 aborts (pulls done already?)", lines))
+            close_calls = closing()[:2]
+            close_delays = [c.began - mono_at(closes) for c in close_calls]
+            close_disturbed = [bool(watch.during(mono_at(closes), c.began)) for c in close_calls]
+            for call, delay in zip(close_calls, close_delays, strict=True):
+                if not 0 <= delay < 1:
+                    SLOW.append((f"abort of {call.key}", LOG.between(mono_at(opens), call.began)))
+        finally:
+            signal.signal(signal.SIGHUP, previous)
     return [
         Sample("window opens -> start_pull", open_delays, 1.0, open_disturbed),
         Sample("window closes -> abort", close_delays, 1.0, close_disturbed),
@@ -266,8 +259,8 @@ def windows_and_reloads(lab: common.Lab, reloads: int, lead: float) -> list[Samp
     ]
 
 
-def _calls(host: RecordingHost, kind: str, mine: set[DiskKey]) -> list[common.Call]:
-    return [c for c in host.of(kind) if c.key in mine]
+def _calls(host: RecordingHost, name: str, mine: set[DiskKey]) -> list[Call]:
+    return [c for c in host.calls_of(name) if c.key in mine]
 
 
 def main() -> int:

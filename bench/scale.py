@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from common import ms, ratio, table
+from harness.policy_files import policy, rule, write_policy
 
 from exporter.core.clock import now_of
 from exporter.core.model import (
@@ -54,23 +55,14 @@ from exporter.core.model import (
 from exporter.core.planner import plan
 from exporter.daemon.controller import Controller, ControllerOptions
 from exporter.hosts.libvirt.job_sweep import JobSweep
-from exporter.hosts.sim.world import LIBVIRT_9_LATENCY, GiB, Latency, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import LIBVIRT_9_LATENCY, Latency, SimulatedHost
+from exporter.hosts.sim.records import GiB, SimDisk
 from exporter.metrics.renderer import SnapshotCollector, render
 from exporter.policy.source import PolicySource
 
 DISKS_PER_DOMAIN = 4
 STATS_PER_DOMAIN = 0.003  # getAllDomainStats(BLOCK, BACKING): 2.98 ms/domain, RESULTS.md
 TEMPLATE = "/templates/os-base.qcow2"
-POLICY = """\
-version: 1
-timezone: UTC
-defaults:
-  bandwidth: 400MiB/s
-  max_concurrent: {slots}
-rules:
-  - name: bench
-    domains: ["bench-*"]
-"""
 SETTLE_LOAD, SETTLE_LIMIT = 0.5, 300.0  # 1-min load average, seconds
 RESYNC = 30.0  # the daemon's default full reconcile interval: each round is one resync later
 OPTIONS = ControllerOptions(resync_interval=1e9, progress_interval=2.0, file_check_interval=1e9)
@@ -174,9 +166,9 @@ def build(
             specs.append(SimDisk(f"vd{chr(97 + i)}", f"/images/{name}-{i}.qcow2", chain, 100 * GiB))
         sim.add_domain(name, specs)
     host = CostModelHost(sim)
-    policy = folder / f"policy-{disks}-{slots}.yaml"
-    policy.write_text(POLICY.format(slots=slots))
-    controller = Controller(host, PolicySource(policy), sim.clock, options=OPTIONS)
+    text = policy(rule("bench", ["bench-*"]), bandwidth="400MiB/s", max_concurrent=slots)
+    path = write_policy(folder / f"policy-{disks}-{slots}.yaml", text)
+    controller = Controller(host, PolicySource(path), sim.clock, options=OPTIONS)
     controller.step([])  # first reconcile: starts `slots` pulls
     sim.advance(OPTIONS.progress_interval)
     controller.step([])  # their first progress read
@@ -349,13 +341,14 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
     """CPU seconds per XMLDesc, per parse_disks and per blockJobInfo, on a connection opened
     after the shared event loop is registered (as LibvirtHost's is)."""
     import libvirt
+    from harness.libvirtd import URI
 
     from exporter.hosts.libvirt.domain_xml import parse_disks
     from exporter.hosts.libvirt.event_loop import shared_loop
 
     loop = shared_loop()
     loop.acquire()
-    conn = libvirt.open(common.URI)
+    conn = libvirt.open(URI)
     try:
         doms = [conn.lookupByName(n) for n in names]
         xmls = [d.XMLDesc(0) for d in doms]
@@ -376,7 +369,7 @@ def breakdown(names: list[str], rounds: int) -> tuple[float, float, float]:
 def real_lab(domains: int) -> Iterator[tuple[str, float]]:
     """`domains` paused TCG domains with 4 disks each over one template; (prefix, set-up s)."""
     with common.lab() as lab:
-        setup = lab.paused_domains(domains, REAL_TARGETS)
+        setup = common.paused_domains(lab, domains, REAL_TARGETS)
         settle(SETTLE_LOAD, SETTLE_LIMIT)
         yield lab.prefix, setup
 
@@ -393,10 +386,11 @@ def closed_window_policy(prefix: str) -> str:
     """Every disk of the prefix's domains selected, in a window that is not open today: each
     reconcile plans all of them and changes nothing on the host."""
     day = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(datetime.now(UTC).weekday() + 3) % 7]
-    return (
-        "version: 1\ntimezone: UTC\ndefaults: {bandwidth: 1MiB/s, max_concurrent: 4}\n"
-        f"windows:\n  later: {{days: [{day}]}}\n"
-        f'rules:\n  - name: bench\n    domains: ["{prefix}*"]\n    windows: [later]\n'
+    return policy(
+        rule("bench", [f"{prefix}*"], windows=["later"]),
+        bandwidth="1MiB/s",
+        max_concurrent=4,
+        windows={"later": {"days": [day]}},
     )
 
 
@@ -408,6 +402,7 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     job sweep as the daemon would. Returns the report and the reconcile's CPU per domain.
     """
     import libvirt
+    from harness.libvirtd import URI
 
     from exporter.core.clock import SystemClock
     from exporter.hosts.libvirt.domain_xml import parse_disks
@@ -415,7 +410,7 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
 
     load = common.load_average()
     libvirt.registerErrorHandler(lambda *_: None, None)
-    conn = libvirt.open(common.URI)
+    conn = libvirt.open(URI)
     mine = sorted(d.name() for d in conn.listAllDomains() if d.name().startswith(prefix))
     if not mine:
         raise SystemExit(f"no domain is named {prefix}*")
@@ -435,10 +430,10 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     def later() -> None:
         sweep_clock[0] += RESYNC
 
-    host = LibvirtHost(common.URI, clock=lambda: sweep_clock[0])
+    host = LibvirtHost(URI, clock=lambda: sweep_clock[0])
     with tempfile.TemporaryDirectory() as tmp:
-        policy = common.write_policy(Path(tmp), closed_window_policy(prefix))
-        controller = Controller(host, PolicySource(policy), SystemClock(), options=OPTIONS)
+        path = write_policy(Path(tmp) / "policy.yaml", closed_window_policy(prefix))
+        controller = Controller(host, PolicySource(path), SystemClock(), options=OPTIONS)
         try:
             first = common.measure(host.observe, 1, process=True)  # the whole sweep
             observation = host.observe()
@@ -486,18 +481,23 @@ def real_check(prefix: str, rounds: int) -> tuple[str, float]:
     return text, per_domain
 
 
-def real_daemon(prefix: str, seconds: float) -> str:
+def real_daemon(prefix: str, seconds: float, own_domains_only: bool = True) -> str:
     """`blockpull-exporter run` itself over the same domains, a full reconcile every 10 s:
     CPU per reconcile with everything a process spends (event thread, web server, the
     scrapes taken here), resident memory, and the time a scrape takes."""
-    from exporter_process import ExporterProcess
+    from harness.daemon_process import DaemonProcess
+    from harness.libvirtd import URI
 
     count = ("blockpull_reconcile_duration_seconds_count", frozenset())
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = ExporterProcess(
-            Path(tmp), common.URI, ("--resync.interval", "10"), log_level="info"
+        daemon = DaemonProcess(
+            Path(tmp),
+            URI,
+            ("--resync.interval", "10"),
+            log_level="info",
+            own_domains_only=own_domains_only,
         )
-        daemon.policy.write_text(closed_window_policy(prefix))
+        write_policy(daemon.policy, closed_window_policy(prefix))
         try:
             daemon.start()
             time.sleep(15)  # past the first reconcile after connecting (the whole job sweep)
@@ -617,7 +617,9 @@ def main() -> int:
                 prefix, setup = stack.enter_context(real_lab(args.real_domains))
                 print(f"set-up of {args.real_domains} domains took {setup:.0f} s", flush=True)
             real, per_domain = real_check(prefix, args.rounds)
-            real += real_daemon(prefix, args.daemon_seconds)
+            # --real-prefix names domains this run did not make: read only by design (the
+            # policy's window is closed), so the own-domains guard is lifted for them.
+            real += real_daemon(prefix, args.daemon_seconds, args.real_prefix is None)
         domains = largest // DISKS_PER_DOMAIN
         real += (
             f"\nAt {domains} domains x {DISKS_PER_DOMAIN} disks, a full reconcile costs "

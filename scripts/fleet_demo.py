@@ -16,12 +16,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the harness the fleet tests use
-from etcd_cluster import etcd_cluster  # noqa: E402
-from exporter_process import parse_metrics  # noqa: E402
-from fleet_lab import GROUP, HELD_BANDWIDTH, HELD_PULLS, fleet_policy, sim_daemons  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # the harness the fleet tests use
+from harness.daemon_process import parse_metrics  # noqa: E402
+from harness.etcd_cluster import etcd_cluster  # noqa: E402
+from harness.fleet_lab import (  # noqa: E402
+    GROUP,
+    HELD_BANDWIDTH,
+    HELD_PULLS,
+    fleet_policy,
+    sim_daemons,
+)
 
-from exporter.hosts.sim.world import MiB  # noqa: E402
+from exporter.hosts.sim.records import MiB  # noqa: E402
 
 HOSTS = 4
 STATE = ROOT / "demo-state" / "fleet"

@@ -14,6 +14,7 @@ import sys
 from exporter.policy.values import Policy
 
 STDIN = "-"
+STDIN_SOURCE = "<stdin>"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,16 +37,25 @@ def main(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             if name == STDIN:
-                policy = parse_policy(sys.stdin.read(), "<stdin>")
+                policy = parse_policy(_read_stdin(), STDIN_SOURCE)
             else:
                 policy = load_policy(name)
         except PolicyError as error:
-            for issue in error.errors:
-                print(issue, file=sys.stderr)
+            print(error, file=sys.stderr)
             status = 1
             continue
         print(f"{policy.source}: OK ({summary(policy)})")
     return status
+
+
+def _read_stdin() -> bytes:
+    from exporter.config_file.reading import UnreadableFileError, read_config_stream
+    from exporter.policy.loader import PolicyError
+
+    try:
+        return read_config_stream(sys.stdin.buffer)
+    except UnreadableFileError as error:
+        raise PolicyError.unpositioned(STDIN_SOURCE, str(error)) from None
 
 
 def summary(policy: Policy) -> str:

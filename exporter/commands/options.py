@@ -17,10 +17,22 @@ def add_libvirt_uri(parser: argparse.ArgumentParser) -> None:
         "--libvirt.uri",
         dest="libvirt_uri",
         default=DEFAULT_URI,
+        type=_libvirt_uri,
         metavar="URI",
         help=f"libvirt connection URI, or sim:///path.json for the simulated host "
         f"(default: {DEFAULT_URI})",
     )
+
+
+def _libvirt_uri(text: str) -> str:
+    from exporter.hosts.sim.state_file import is_sim_uri, sim_path
+
+    if is_sim_uri(text):
+        try:
+            sim_path(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def add_policy_file(parser: argparse.ArgumentParser, required: bool = True) -> None:

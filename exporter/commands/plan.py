@@ -17,10 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from exporter.core.clock import SystemClock, now_of
+    from exporter.commands.saved_state_plan import plan_with_saved_state
+    from exporter.core.clock import SystemClock
     from exporter.core.model import HostError
-    from exporter.core.planner import plan
-    from exporter.daemon.state_store import StateStore
     from exporter.hosts import open_host
     from exporter.policy.loader import PolicyError, load_policy
 
@@ -38,16 +37,15 @@ def main(args: argparse.Namespace) -> int:
         return 1
     finally:
         host.close()
-    memory = StateStore(args.state_dir).load_readonly()
-    print(describe(plan(observation, policy, now_of(clock), memory), str(args.policy_file)))
+    result = plan_with_saved_state(observation, policy, clock, args.state_dir)
+    print(describe(result, str(args.policy_file)))
     return 0
 
 
 def describe_budget(budget: Budget) -> str:
     from exporter.policy.units import format_bytes_rate
 
-    rate = "unlimited" if budget.bandwidth is None else format_bytes_rate(budget.bandwidth)
-    return f"{rate}, {budget.max_concurrent} at once"
+    return f"{format_bytes_rate(budget.bandwidth)}, {budget.max_concurrent} at once"
 
 
 def describe_action(action: Action) -> str:
@@ -55,7 +53,7 @@ def describe_action(action: Action) -> str:
 
     if isinstance(action, AbortPull):
         return f"abort {action.key}: {action.reason}"
-    speed = "unlimited" if action.bandwidth is None else format_bytes_rate(action.bandwidth)
+    speed = format_bytes_rate(action.bandwidth)
     if isinstance(action, SetSpeed):
         return f"set speed of {action.key} to {speed}: {action.reason}"
     assert isinstance(action, StartPull)

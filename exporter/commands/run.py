@@ -1,8 +1,9 @@
 """`blockpull-exporter run`: the daemon.
 
 Signals only put a wake-up in the controller's inbox (SimpleQueue.put is safe in a signal
-handler); the loop acts on it. SIGHUP reloads the policy; SIGTERM and SIGINT stop the daemon,
-leaving running pulls to QEMU unless --shutdown.abort-pulls is given.
+handler) or set the web server's reload flag; the loops act on them. SIGHUP reloads the policy
+and the web config; SIGTERM and SIGINT stop the daemon, leaving running pulls to QEMU unless
+--shutdown.abort-pulls is given.
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from exporter import __version__
 from exporter.commands import options as cli_options
 
 log = logging.getLogger(__name__)
+
+
+def _listen_address(text: str) -> str:
+    from exporter.web.server import ListenAddressError, parse_listen_address
+
+    try:
+        parse_listen_address(text)
+    except ListenAddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--web.listen-address",
         dest="listen_address",
         default=DEFAULT_LISTEN_ADDRESS,
+        type=_listen_address,
         metavar="ADDRESS",
         help=f"address to serve /metrics on (default: {DEFAULT_LISTEN_ADDRESS})",
     )
@@ -93,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
     from exporter.policy.loader import PolicyError
     from exporter.policy.source import PolicySource
     from exporter.web.config import WebConfigError, load_web_config
+    from exporter.web.landing import render_landing_page
     from exporter.web.server import WebServer
 
     cli_options.setup_logging(args)
@@ -100,9 +114,6 @@ def main(args: argparse.Namespace) -> int:
         source = PolicySource(args.policy_file)
     except PolicyError as error:
         print(f"blockpull-exporter: invalid policy, not starting:\n{error}", file=sys.stderr)
-        return 1
-    except OSError as error:
-        print(f"blockpull-exporter: {args.policy_file}: {error.strerror}", file=sys.stderr)
         return 1
     try:
         web_config = load_web_config(args.web_config_file) if args.web_config_file else None
@@ -154,7 +165,8 @@ def main(args: argparse.Namespace) -> int:
         args.listen_address,
         web_config,
         lambda: renderer.render(controller.snapshot),
-        lambda: renderer.landing_page(controller.snapshot),
+        lambda: render_landing_page(__version__, controller.snapshot),
+        config_file=Path(args.web_config_file) if args.web_config_file else None,
     )
     try:
         server.start()
@@ -166,7 +178,12 @@ def main(args: argparse.Namespace) -> int:
         if coordinator is not None:
             coordinator.close()
         return 1
-    signal.signal(signal.SIGHUP, lambda *_: controller.inbox.put(Reload()))
+
+    def reload(*_: object) -> None:  # only wake-ups here: the loops do the loading
+        controller.inbox.put(Reload())
+        server.reload_config()
+
+    signal.signal(signal.SIGHUP, reload)
     signal.signal(signal.SIGTERM, lambda *_: controller.inbox.put(Shutdown()))
     signal.signal(signal.SIGINT, lambda *_: controller.inbox.put(Shutdown()))
     log.info(

@@ -1,7 +1,8 @@
 """`blockpull-exporter status`: running pulls with progress, rate and ETA, and the backlog.
 
 Reads the host directly (two job reads a second apart give the rate); with --policy.file the
-backlog is broken down by what the policy would do with each disk.
+backlog is broken down by what the policy would do with each disk, judged as `plan` does, with
+the daemon's saved state (--state.dir).
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import argparse
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import TextIO
 
 from exporter.commands import options as cli_options
 from exporter.core.decisions import DiskDecision, DiskState
+from exporter.core.job_rate import CursorSample, rate_between
 from exporter.core.model import BlockJob, DiskKey, Observation
 
 BAR_WIDTH = 24
@@ -22,6 +25,7 @@ CLEAR_SCREEN = "\033[H\033[2J"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     cli_options.add_libvirt_uri(parser)
     cli_options.add_policy_file(parser, required=False)
+    cli_options.add_state_dir(parser)
     parser.add_argument("--watch", action="store_true", help="redraw until interrupted")
     parser.add_argument(
         "--interval",
@@ -33,10 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from exporter.core.clock import SystemClock, now_of, sleep
-    from exporter.core.memory import Memory
+    from exporter.commands.saved_state_plan import plan_with_saved_state
+    from exporter.core.clock import SystemClock, sleep
     from exporter.core.model import HostError
-    from exporter.core.planner import plan
     from exporter.hosts import open_host
     from exporter.policy.loader import PolicyError, load_policy
 
@@ -47,26 +50,28 @@ def main(args: argparse.Namespace) -> int:
         return 1
     clock = SystemClock()
     host = open_host(args.libvirt_uri, clock)
-    previous: tuple[float, dict[DiskKey, BlockJob]] | None = None
+    previous: dict[DiskKey, CursorSample] | None = None
     try:
         while True:
             observation = host.observe()
-            jobs = _jobs(observation)
+            samples = _samples(observation, clock.monotonic())
             if previous is None:  # a rate needs two reads
+                previous = samples
                 sleep(clock, 1.0)
-                previous = (clock.monotonic() - 1.0, jobs)
                 observation = host.observe()
-                jobs = _jobs(observation)
-            rates = _rates(previous, clock.monotonic(), jobs)
-            previous = (clock.monotonic(), jobs)
+                samples = _samples(observation, clock.monotonic())
+            rates = _rates(previous, samples)
+            previous = samples
             decisions = (
-                plan(observation, policy, now_of(clock), Memory()).decisions if policy else None
+                plan_with_saved_state(observation, policy, clock, args.state_dir).decisions
+                if policy
+                else None
             )
             frame = render_status(observation, rates, decisions)
             if not args.watch:
                 print(frame)
                 return 0
-            print(CLEAR_SCREEN + frame, flush=True)
+            redraw(frame, sys.stdout)
             sleep(clock, args.interval)
     except HostError as error:
         print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
@@ -77,22 +82,29 @@ def main(args: argparse.Namespace) -> int:
         host.close()
 
 
+def redraw(frame: str, out: TextIO) -> None:
+    """One --watch frame: over the last one on a terminal, after it (no escape codes) elsewhere."""
+    out.write((CLEAR_SCREEN if out.isatty() else "\n") + frame + "\n")
+    out.flush()
+
+
 def _jobs(observation: Observation) -> dict[DiskKey, BlockJob]:
     return {key: disk.job for key, (_, disk) in observation.disks().items() if disk.job}
 
 
+def _samples(observation: Observation, at: float) -> dict[DiskKey, CursorSample]:
+    return {key: CursorSample(job.cur, at) for key, job in _jobs(observation).items()}
+
+
 def _rates(
-    previous: tuple[float, Mapping[DiskKey, BlockJob]],
-    now: float,
-    jobs: Mapping[DiskKey, BlockJob],
+    before: Mapping[DiskKey, CursorSample], after: Mapping[DiskKey, CursorSample]
 ) -> dict[DiskKey, float]:
-    then, before = previous
-    elapsed = now - then
-    return {
-        key: (job.cur - before[key].cur) / elapsed
-        for key, job in jobs.items()
-        if key in before and elapsed > 0 and job.cur >= before[key].cur
-    }
+    rates: dict[DiskKey, float] = {}
+    for key, sample in after.items():
+        rate = rate_between(before[key], sample) if key in before else None
+        if rate is not None:
+            rates[key] = rate
+    return rates
 
 
 def progress_bar(cur: int, end: int) -> str:
@@ -127,7 +139,7 @@ def render_status(
             progress_bar(job.cur, job.end),
             format_bytes_rate(int(rates[key])) if key in rates else "?",
             eta(job, rates.get(key)),
-            "unlimited" if job.bandwidth == 0 else format_bytes_rate(job.bandwidth),
+            format_bytes_rate(job.bandwidth),
         )
         for key, job in jobs
     ]

@@ -8,6 +8,7 @@ wait on the network.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -52,11 +53,14 @@ class Coordinator(Protocol):
         """The policy's groups and this host's part in each after a plan."""
         ...
 
-    def next_change(self, now: float) -> float | None:
-        """Monotonic time at which the allowances change without a wake-up (a lease ends)."""
+    def lease_end(self, now: float) -> float:
+        """Monotonic time at which the allowances change without a wake-up: a held lease may
+        end (inf: no such time)."""
         ...
 
-    def status(self) -> CoordinationStatus: ...
+    def status(self) -> CoordinationStatus | None:
+        """What the coordinator last saw; None without coordination."""
+        ...
 
     def subscribe(self, sink: Callable[[CoordinationChanged], None]) -> None:
         """Deliver a wake-up to `sink`, from any thread, after every round."""
@@ -65,3 +69,22 @@ class Coordinator(Protocol):
     def close(self) -> None:
         """Give back every slot and leave every group (best effort, bounded in time)."""
         ...
+
+
+class NoCoordinator:
+    """No coordination service: no group allowance at all, so shared groups run nothing."""
+
+    def allowances(self, now: float) -> Mapping[str, GroupAllowance]:
+        return {}
+
+    def report(self, groups: tuple[SharedGroup, ...], uses: tuple[GroupUse, ...]) -> None: ...
+
+    def lease_end(self, now: float) -> float:
+        return math.inf
+
+    def status(self) -> CoordinationStatus | None:
+        return None
+
+    def subscribe(self, sink: Callable[[CoordinationChanged], None]) -> None: ...
+
+    def close(self) -> None: ...

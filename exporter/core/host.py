@@ -1,7 +1,7 @@
 """The one protocol between the controller and a hypervisor host.
 
 Two implementations: `exporter.hosts.libvirt.host.LibvirtHost` (real) and
-`exporter.hosts.sim.world.SimulatedHost` (in-memory, for tests and benchmarks).
+`exporter.hosts.sim.host.SimulatedHost` (in-memory, for tests and benchmarks).
 """
 
 from __future__ import annotations

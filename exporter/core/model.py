@@ -44,7 +44,11 @@ class BlockJob:
     type: JobType
     cur: int  # bytes copied so far
     end: int  # bytes to copy; cur == end == 0 right after a start is NOT completion
-    bandwidth: int  # bytes/s; 0 = unlimited
+    bandwidth: int | None  # bytes/s; None = unlimited (libvirt's 0 is converted in its adapter)
+
+    def __post_init__(self) -> None:
+        if self.bandwidth is not None and self.bandwidth <= 0:
+            raise ValueError(f"a job's bandwidth is positive or None (unlimited): {self.bandwidth}")
 
 
 @dataclass(frozen=True)

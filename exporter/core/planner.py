@@ -33,12 +33,13 @@ order.
 
 4. One pull per domain: a candidate whose domain already runs a pull (or gets one in this
    plan) waits, PENDING: QEMU 7.2 crashes the guest when two pulls of one domain finish
-   together.
+   together. While the daemon cannot save its state (`state_saved` False) no candidate
+   starts: a restart could not adopt the pull. They wait, PENDING; running pulls go on.
    Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
    that is not a managed pull) take a slot each and their bandwidth limit; candidates start in
    order priority desc, domain, disk, while slots and bandwidth last; every managed pull gets
    the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a kept pull's
-   limit differs from its share (job bandwidth 0 = unlimited = None). A foreign job without a
+   limit differs from its share (None = unlimited, for both). A foreign job without a
    limit is counted as 0 bytes/s (its rate is unknowable). A share is at least 1 byte/s, so
    at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
    aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
@@ -276,10 +277,6 @@ def _is_lower(new: int | None, old: int | None) -> bool:
     return old is None or new < old
 
 
-def _job_limit(job: BlockJob | None) -> int | None:
-    return job.bandwidth if job is not None and job.bandwidth > 0 else None
-
-
 def _pending_reason(budget: Budget, alloc: Allocation) -> str:
     if alloc.free_slots > alloc.start:
         return "waiting: the bandwidth budget left cannot give another pull 1 byte/s"
@@ -361,10 +358,13 @@ def plan(
     policy: Policy,
     now: datetime,
     memory: Memory,
+    *,
+    state_saved: bool = True,
     allowances: Mapping[str, GroupAllowance] | None = None,
 ) -> Plan:
     """What to do on the host now, and a state with a reason for every disk.
 
+    `state_saved`: whether the daemon's last save of `memory` succeeded; False starts nothing.
     `allowances`: this host's share of each shared group (None: no coordinator, so group
     pulls do not run).
     """
@@ -376,6 +376,9 @@ def plan(
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     all_managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
     all_candidates, same_domain = _one_pull_per_domain(triaged)
+    unsaved: list[_Triage] = []
+    if not state_saved:
+        unsaved, all_candidates = all_candidates, []
     ledger = GroupLedger(allowances or {})
     managed, group_over = _split_by_groups(all_managed, ledger, starting=False)
     candidates, group_waiting = _split_by_groups(all_candidates, ledger, starting=True)
@@ -406,7 +409,7 @@ def plan(
         aborts.append(abort)
         decided[item.key] = decision
     for item in kept:
-        current = _job_limit(item.job)
+        current = item.job.bandwidth if item.job is not None else None
         limit = ledger.limit(item.groups, share)
         if current != limit:
             why = _speed_reason(budget, pulls) if limit == share else "share of its shared group"
@@ -420,10 +423,13 @@ def plan(
     waiting = _pending_reason(budget, alloc)
     for item in candidates[alloc.start :]:
         decided[item.key] = item.decided(DiskState.PENDING, waiting)
-    for item, why in group_waiting:
-        decided[item.key] = item.decided(DiskState.PENDING, why)
     for item in same_domain:
         why = "another disk of this domain is pulling; one pull per domain at a time"
+        decided[item.key] = item.decided(DiskState.PENDING, why)
+    for item in unsaved:
+        why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
+        decided[item.key] = item.decided(DiskState.PENDING, why)
+    for item, why in group_waiting:
         decided[item.key] = item.decided(DiskState.PENDING, why)
     uses = group_uses(
         policy.shared,

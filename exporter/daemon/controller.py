@@ -1,9 +1,12 @@
 """The controller: the daemon's only loop.
 
-It wakes on a host event, a timer, a window boundary, a policy reload or a signal; observes the
-host; settles the outcome of tracked pulls from the re-read chain; plans; acts; publishes an
-immutable snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or
-a libvirtd restart costs a resync and nothing else.
+It wakes on a host event, a timer, a window boundary, a policy reload, a coordinator round or
+a signal; observes the host; settles the outcome of tracked pulls from the re-read chain; plans
+(with the coordinator's allowance per shared group); acts; publishes an immutable snapshot.
+Level-triggered: events only wake it, so a lost event, a daemon restart or a libvirtd restart
+costs a resync and nothing else. One module although just over 500 lines: every step reads
+and writes the same loop state, and its pieces (state saving, outcomes, planning) already live
+elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.core.clock import Clock, now_of
-from exporter.core.coordinator import CoordinationChanged, Coordinator
+from exporter.core.coordinator import CoordinationChanged, Coordinator, NoCoordinator
 from exporter.core.decisions import (
     AbortPull,
     AbortReason,
@@ -27,6 +30,7 @@ from exporter.core.decisions import (
     StartPull,
 )
 from exporter.core.host import Host
+from exporter.core.job_rate import CursorSample, bytes_advanced, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -46,7 +50,7 @@ from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, se
 from exporter.core.planner import plan
 from exporter.daemon.histogram import HistogramAccumulator
 from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
-from exporter.daemon.state_store import StateStore
+from exporter.daemon.state_store import StateSaver, StateStore
 from exporter.policy.source import PolicySource
 from exporter.policy.values import Policy
 
@@ -62,8 +66,9 @@ RACE_REASONS = frozenset(
         ErrorReason.CONNECTION,
     }
 )
-# A refused connection costs nothing, and a libvirtd back from a restart should be seen within
-# seconds; the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
+# The one reconnect backoff (the libvirt adapter tries whenever it is called): a refused
+# connection costs nothing, and a libvirtd back from a restart should be seen within seconds;
+# the log says so once per outage, with a reminder every STILL_DOWN_WARNING_SECONDS.
 MAX_CONNECT_BACKOFF = 5.0
 STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds
@@ -119,10 +124,8 @@ class Controller:
         notifier: Notifier | None = None,
         coordinator: Coordinator | None = None,
     ) -> None:
-        """`coordinator`: this host's share of the policy's shared groups; without one, pulls
-        in a shared group do not run."""
         self._host = host
-        self._coordinator = coordinator
+        self._coordinator: Coordinator = coordinator or NoCoordinator()  # none: groups run nothing
         self._source = source
         self._clock = clock
         self._store = store
@@ -130,16 +133,18 @@ class Controller:
         self._notifier: Notifier = notifier or _NoNotifier()
         self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
         self._memory = store.load() if store else Memory()
-        self._saved_memory = self._memory
+        self._state = StateSaver(store, self._memory)
         self._started: Counter[DiskKey] = Counter()
         self._completed: Counter[DiskKey] = Counter()
+        self._copied: Counter[DiskKey] = Counter()  # bytes the daemon's pulls advanced
+        self._copy_cursor: dict[DiskKey, int] = {}  # the cursor _copied last counted to
         self._failed: Counter[DiskKey] = Counter()
         self._aborted: Counter[tuple[DiskKey, AbortReason]] = Counter()
         self._events: dict[DiskKey, JobOutcome] = {}
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
         self._rates: dict[DiskKey, float] = {}
-        self._samples: dict[DiskKey, tuple[int, float]] = {}
+        self._samples: dict[DiskKey, CursorSample] = {}
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
@@ -152,15 +157,13 @@ class Controller:
         self._reload_ok = True
         self._reload_success_at: float | None = clock.time()
         self._policy_error: str | None = None
-        self._next_lease_end: float | None = None  # when held group slots may expire
         now = clock.monotonic()
         self._next_full = now
         self._next_progress = now + self._options.progress_interval
         self._next_file_check = now + self._options.file_check_interval
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
-        if coordinator is not None:
-            coordinator.subscribe(self.inbox.put)
+        self._coordinator.subscribe(self.inbox.put)
 
     @property
     def policy(self) -> Policy:
@@ -199,10 +202,6 @@ class Controller:
         deadline = min(self._next_full, self._next_file_check)
         if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
             deadline = min(deadline, self._next_progress)
-        if self._coordinator is not None:  # a group lease runs out: stop its pulls on time
-            lease_end = self._coordinator.next_change(self._clock.monotonic())
-            if lease_end is not None:
-                deadline = min(deadline, lease_end)
         return deadline
 
     def step(self, wakes: Iterable[Wake]) -> None:
@@ -231,23 +230,19 @@ class Controller:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():
                 full |= self._reload()
-        if full or now >= self._next_full or self._lease_ended(now):
+        if full or now >= self._next_full:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
         elif publish:
             self.snapshot = self._build_snapshot()
 
-    def _lease_ended(self, now: float) -> bool:
-        lease_end = self._next_lease_end
-        return lease_end is not None and now >= lease_end
-
     def shutdown(self) -> None:
         self._notifier.stopping()
         if self._options.abort_on_shutdown:
             for key in sorted(self._memory.tracked):
                 self._apply(AbortPull(key, AbortReason.SHUTDOWN), None)
-        self._save_memory()
+        self._state.save(self._memory, again=True)
         self.snapshot = self._build_snapshot()
         self._host.close()
 
@@ -282,25 +277,28 @@ class Controller:
             self._down_since = None
         epoch = self._clock.time()
         self._settle(observation, epoch)
+        self._state.save(self._memory, again=True)  # failing, or never tried: find out first
         policy = self._source.policy
-        allowances = None
-        if self._coordinator is not None:
-            allowances = self._coordinator.allowances(self._clock.monotonic())
-        current = plan(observation, policy, now_of(self._clock), self._memory, allowances)
+        current = plan(
+            observation,
+            policy,
+            now_of(self._clock),
+            self._memory,
+            state_saved=self._state.saved,
+            allowances=self._coordinator.allowances(self._clock.monotonic()),
+        )
         self._adopt(current, observation, epoch)
         disks = observation.disks()
         for action in current.actions:
             self._apply(action, disks.get(action.key, (None, None))[1])
         self._plan = current
-        if self._coordinator is not None:
-            self._coordinator.report(policy.shared, current.groups)
-            self._next_lease_end = self._coordinator.next_change(self._clock.monotonic())
+        self._coordinator.report(policy.shared, current.groups)
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
-            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, 0)
+            self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
         self._dependents = dict(Counter(i for _, d in disks.values() for i in d.chain))
-        self._save_memory()
+        self._state.save(self._memory)
         finished = self._clock.monotonic()
         self._durations.observe(finished - started)
         self._last_success = self._clock.time()
@@ -333,6 +331,7 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
+        deadline = min(deadline, self._coordinator.lease_end(now))  # group pulls stop in time
         if self._host_refused:  # the host changed under an action: look again soon
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
             self._host_refused = False
@@ -354,6 +353,9 @@ class Controller:
         self._memory = self._memory.without_tracked(key)
         if outcome.kind is OutcomeKind.COMPLETED:
             self._completed[key] += 1
+            last = self._jobs.get(key)
+            if last is not None and key in self._copy_cursor:  # the stretch after the last read
+                self._copied[key] += max(last.end - self._copy_cursor[key], 0)
             self._memory = self._memory.with_success(key)
             log.info("pull of %s completed", key)
         elif outcome.kind is OutcomeKind.FAILED:
@@ -444,27 +446,38 @@ class Controller:
             self.snapshot = self._build_snapshot()
 
     def _measure_rates(self) -> None:
-        """Measure each job's rate from its cursor between two reads; drop finished jobs."""
+        """Measure each job's rate from its cursor between two reads; drop finished jobs.
+
+        The earlier read is kept until a second has passed, so that reads in quick succession
+        do not measure noise."""
         now = self._clock.monotonic()
         rates: dict[DiskKey, float] = {}
-        samples: dict[DiskKey, tuple[int, float]] = {}
+        samples: dict[DiskKey, CursorSample] = {}
+        self._count_copied()
         for key, job in self._jobs.items():
+            sample = CursorSample(job.cur, now)
             previous = self._samples.get(key)
-            if previous is not None and now > previous[1] and job.cur >= previous[0]:
-                rates[key] = (job.cur - previous[0]) / (now - previous[1])
-                samples[key] = (job.cur, now) if now - previous[1] >= 1.0 else previous
+            rate = rate_between(previous, sample) if previous is not None else None
+            if previous is not None and rate is not None:
+                rates[key] = rate
+                samples[key] = sample if now - previous.at >= 1.0 else previous
             else:
-                samples[key] = (job.cur, now)
+                samples[key] = sample
                 if key in self._rates:
                     rates[key] = self._rates[key]
         self._rates, self._samples = rates, samples
 
-    # -- publishing -------------------------------------------------------------------------
+    def _count_copied(self) -> None:
+        """Add what the daemon's pulls advanced since the last read to the copied counter."""
+        tracked = self._memory.tracked
+        cursors: dict[DiskKey, int] = {}
+        for key, job in self._jobs.items():
+            if key in tracked:
+                self._copied[key] += bytes_advanced(self._copy_cursor.get(key), job.cur)
+                cursors[key] = job.cur
+        self._copy_cursor = cursors
 
-    def _save_memory(self) -> None:
-        if self._store is not None and self._memory != self._saved_memory:
-            self._store.save(self._memory)
-            self._saved_memory = self._memory
+    # -- publishing -------------------------------------------------------------------------
 
     def _build_snapshot(self) -> Snapshot:
         policy = self._source.policy
@@ -480,6 +493,7 @@ class Controller:
             counters=Counters(
                 started=dict(self._started),
                 completed=dict(self._completed),
+                copied=dict(self._copied),
                 failed=dict(self._failed),
                 aborted=dict(self._aborted),
             ),
@@ -492,5 +506,7 @@ class Controller:
             policy_error=self._policy_error,
             reconcile_duration=self._durations.freeze(),
             last_reconcile_success_at=self._last_success,
-            coordination=self._coordinator.status() if self._coordinator is not None else None,
+            state_saved=self._state.saved,
+            state_save_failures=self._state.failures,
+            coordination=self._coordinator.status(),
         )

@@ -29,6 +29,7 @@ class Counters:
     completed: dict[DiskKey, int] = field(default_factory=dict)
     failed: dict[DiskKey, int] = field(default_factory=dict)
     aborted: dict[tuple[DiskKey, AbortReason], int] = field(default_factory=dict)
+    copied: dict[DiskKey, int] = field(default_factory=dict)  # bytes the pulls advanced
 
 
 @dataclass(frozen=True)
@@ -57,4 +58,6 @@ class Snapshot:
     policy_error: str | None  # the last reload's error, shown by `status` and the landing page
     reconcile_duration: Histogram
     last_reconcile_success_at: float | None
+    state_saved: bool = True  # False while saving the state fails: no new pull starts then
+    state_save_failures: int = 0  # failed saves since the daemon started
     coordination: CoordinationStatus | None = None  # None: no coordinator (no shared groups)

@@ -20,6 +20,7 @@ never hold more than it held; its claims vanish with its lease, within the TTL.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import uuid
@@ -130,12 +131,12 @@ class FleetAgent:
                     self._groups[name] = _Group(group)
             self._uses = {use.group: use for use in uses}
 
-    def next_change(self, now: float) -> float | None:
+    def lease_end(self, now: float) -> float:
         with self._lock:
             if self._session is None or not any(g.held for g in self._groups.values()):
-                return None
+                return math.inf
             until = self._hold_until()
-            return until if until > now else None
+            return until if until > now else math.inf
 
     def status(self) -> CoordinationStatus:
         with self._lock:

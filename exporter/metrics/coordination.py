@@ -11,7 +11,8 @@ from __future__ import annotations
 from exporter.core.coordinator import GroupStatus
 from exporter.core.shared import GroupUse
 from exporter.daemon.snapshot import Snapshot
-from exporter.metrics.renderer import Family, Labels, _bandwidth, _gauge, _single
+from exporter.metrics.catalogue import _bandwidth, _gauge, _single
+from exporter.metrics.exposition import Family, Labels
 
 
 def coordination_families(snapshot: Snapshot) -> list[Family]:

@@ -1,35 +1,29 @@
 """Read a policy file into a validated `Policy`, or report every mistake in it at once.
 
-The file is parsed with PyYAML's node API, so each mistake carries its line, column and YAML
-path. Types are decided here from the node tags and the raw text, not by PyYAML's YAML 1.1
-implicit typing:
+The generic checks (node kinds, YAML 1.1 pitfalls, positions, limits on the file) are in
+exporter.config_file, the policy's kinds of value (bandwidths, durations, times, globs) in
+exporter.policy.fields; this module holds the sections and what a policy means.
 
-- Where a string is expected, an unquoted `yes`/`no`/`on`/`off`/`~`/`null` (which YAML 1.1
-  reads as a boolean or null) is rejected with a hint to quote it: YAML 1.2 tools such as
-  editors read it as a string, PyYAML does not, and `keep_base: no` is more likely a wish than
-  a glob. The same holds for numbers and dates where a string was meant.
-- An unquoted time such as `22:00` (a YAML 1.1 sexagesimal integer, 1320) is accepted as the
-  time 22:00 in `from`/`to`: the raw text is kept, and in those keys it can mean nothing else.
-- Integers must be plain decimals: `010` (YAML 1.1 octal 8), `0x10` and `1_000` are refused.
-- YAML merge keys (`<<`) are refused; anchors and aliases work.
+The policy is also bounded where its size costs the planner on every reconcile: at most
+MAX_RULES rules, MAX_WINDOWS windows and MAX_GLOBS (in exporter.policy.fields) globs in each
+glob list of a rule.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
-import re
 import zoneinfo
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
+from exporter.config_file.checker import Fields, describe, is_null
+from exporter.config_file.issues import ConfigError
+from exporter.config_file.reading import UnreadableFileError, read_config_file
+from exporter.policy.fields import PolicyFieldChecker
 from exporter.policy.shared_section import parse_shared
-from exporter.policy.units import parse_duration, parse_size_rate
 from exporter.policy.values import (
     Budget,
     Defaults,
@@ -42,6 +36,9 @@ from exporter.policy.values import (
 )
 
 SUPPORTED_VERSIONS = (1,)
+
+MAX_RULES = 1000
+MAX_WINDOWS = 100
 
 DEFAULT_BANDWIDTH = 50 * 1024**2  # bytes/s
 DEFAULT_MAX_CONCURRENT = 2
@@ -72,340 +69,49 @@ RULE_KEYS = (
 )
 EXCLUDE_KEYS = ("domains", "disks")
 
-_TAG = "tag:yaml.org,2002:"
-_STR, _INT, _BOOL, _NULL = _TAG + "str", _TAG + "int", _TAG + "bool", _TAG + "null"
-_MERGE = _TAG + "merge"
-_YAML11_ONLY = frozenset({"yes", "no", "on", "off"})
-_DECIMAL_RE = re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$")
-_TIME_RE = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
-_KIND = {
-    _TAG + "bool": "a boolean",
-    _TAG + "null": "nothing (null)",
-    _TAG + "int": "an integer",
-    _TAG + "float": "a number",
-    _TAG + "timestamp": "a date",
-    _TAG + "str": "a string",
-    _TAG + "binary": "binary data",
-}
 
-
-@dataclass(frozen=True)
-class PolicyIssue:
-    """One mistake in a policy file. Line and column are 1-based; 0 means "no position"."""
-
-    source: str
-    line: int
-    column: int
-    yaml_path: str  # like `rules[1].windows[0]`; empty for the whole file
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source
-        path = f" {self.yaml_path}:" if self.yaml_path else ""
-        return f"{where}:{path} {self.message}"
-
-
-class PolicyError(ValueError):
-    """Every issue found in one policy file, in file order."""
-
-    def __init__(self, errors: tuple[PolicyIssue, ...]) -> None:
-        super().__init__("\n".join(str(issue) for issue in errors))
-        self.errors = errors
-
-
-class _Loader(yaml.SafeLoader):
-    """A private subclass, so nothing here can leak into `yaml.SafeLoader` for other users."""
+class PolicyError(ConfigError):
+    """The issues found in one policy file, in file order (at most a few dozen shown)."""
 
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate the policy at `path`; `Policy.source` is `str(path)` as given."""
-    source = str(path)
+    return parse_policy(read_policy_file(path), str(path))
+
+
+def read_policy_file(path: str | Path) -> bytes:
+    """The file's bytes, read once (see exporter.config_file.reading), or PolicyError."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise PolicyError((PolicyIssue(source, 0, 0, "", f"cannot read: {error}"),)) from None
-    return _parse_bytes(data, source)
+        return read_config_file(path)
+    except UnreadableFileError as error:
+        raise PolicyError.unpositioned(str(path), str(error)) from None
 
 
-def parse_policy(text: str, source: str) -> Policy:
-    """Validate policy `text`; `source` names it in messages (a path, `<stdin>`, ...)."""
-    return _parse_bytes(text.encode("utf-8", errors="surrogatepass"), source, text)
+def parse_policy(data: str | bytes, source: str) -> Policy:
+    """Validate policy text or bytes; `source` names it in messages (a path, `<stdin>`, ...).
 
-
-def _parse_bytes(data: bytes, source: str, text: str | None = None) -> Policy:
-    fingerprint = hashlib.sha256(data).hexdigest()
-    if text is None:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            message = f"not UTF-8 text (byte {error.start}): {error.reason}"
-            raise PolicyError((PolicyIssue(source, 0, 0, "", message),)) from None
-    checker = _Checker(source)
-    root = _compose(text, checker)
-    policy = None if root is None else checker.policy(root, fingerprint)
+    The fingerprint is that of these very bytes (a str is fingerprinted as UTF-8).
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="surrogatepass")
+    checker = _PolicyChecker(source)
+    root = checker.document(data)
+    if root is None and not checker.issues:
+        checker.add(1, 1, "", "the file is empty; a policy needs at least `version: 1`")
+    policy = None if root is None else checker.policy(root, fingerprint(data))
     if checker.issues or policy is None:
-        raise PolicyError(tuple(sorted(checker.issues, key=lambda i: (i.line, i.column))))
+        raise checker.issues.error(PolicyError)
     return policy
 
 
-def _compose(text: str, checker: _Checker) -> Node | None:
-    """The single document in `text`, or None after recording why there is none."""
-    documents: list[Node] = []
-    try:
-        loader = _Loader(text)
-    except yaml.reader.ReaderError as error:
-        line = text.count("\n", 0, error.position) + 1
-        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
-        checker.add(
-            line, column, "", f"not a YAML text: character #x{error.character:04x} is not allowed"
-        )
-        return None
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is not None:
-                documents.append(node)
-            if len(documents) > 1:
-                checker.at(
-                    node,
-                    "",
-                    "a policy file holds exactly one YAML document; remove the second `---` "
-                    "or split the file",
-                )
-                return None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        problem = "; ".join(part for part in (error.context, error.problem) if part)
-        line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        start = error.context_mark
-        if start is not None and error.context and start.line + 1 != line:
-            problem += f" (the construct started on line {start.line + 1})"
-        checker.add(line, column, "", f"YAML syntax error: {problem or error}")
-        return None
-    except yaml.YAMLError as error:
-        checker.add(0, 0, "", f"YAML error: {error}")
-        return None
-    except RecursionError:
-        checker.add(0, 0, "", "YAML error: the document is nested too deeply")
-        return None
-    finally:
-        loader.dispose()
-    if not documents or (_Checker.is_null(documents[0]) and not documents[0].value):
-        checker.add(1, 1, "", "the file is empty; a policy needs at least `version: 1`")
-        return None
-    return documents[0]
-
-
-def _suggest(word: str, choices: Iterator[str] | tuple[str, ...], cutoff: float = 0.6) -> str:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
-    return f'; did you mean "{matches[0]}"?' if matches else ""
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _describe(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    return _KIND.get(node.tag, f"a value tagged {node.tag}")
+def fingerprint(data: bytes) -> str:
+    """What tells two policy files apart: a policy is tiny, and mtimes can tie within a tick."""
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
-class _Checker:
-    """Collects issues while turning nodes into values; one instance per load."""
-
-    source: str
-    issues: list[PolicyIssue] = field(default_factory=list)
-
-    # -- recording ----------------------------------------------------------------------
-
-    def add(self, line: int, column: int, path: str, message: str) -> None:
-        self.issues.append(PolicyIssue(self.source, line, column, path, message))
-
-    def at(self, node: Node, path: str, message: str) -> None:
-        self.add(node.start_mark.line + 1, node.start_mark.column + 1, path, message)
-
-    # -- shapes -------------------------------------------------------------------------
-
-    def mapping(
-        self, node: Node, path: str, allowed: tuple[str, ...]
-    ) -> dict[str, tuple[Node, Node]] | None:
-        """Key -> (key node, value node) for a mapping with only `allowed` string keys."""
-        if not isinstance(node, MappingNode):
-            self.at(node, path, f"expected a mapping, got {_describe(node)}")
-            return None
-        return self.entries(node, path, allowed)
-
-    def entries(
-        self, node: MappingNode, path: str, allowed: tuple[str, ...] | None
-    ) -> dict[str, tuple[Node, Node]]:
-        result: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
-                self.at(key_node, path, "YAML merge keys (<<) are not supported; write keys out")
-                continue
-            key = self.name(key_node, path, "key")
-            if key is None:
-                continue
-            key_path = _join(path, key)
-            if key in result:
-                first = result[key][0].start_mark.line + 1
-                self.at(key_node, key_path, f'duplicate key "{key}" (first on line {first})')
-                continue
-            if allowed is not None and key not in allowed:
-                hint = _suggest(key, allowed) or f" (allowed: {', '.join(allowed)})"
-                self.at(key_node, key_path, f'unknown key "{key}"{hint}')
-                continue
-            result[key] = (key_node, value_node)
-        return result
-
-    def sequence(self, node: Node, path: str, what: str) -> list[Node] | None:
-        if not isinstance(node, SequenceNode):
-            self.at(node, path, f"expected a list of {what}, got {_describe(node)}")
-            return None
-        return list(node.value)
-
-    @staticmethod
-    def is_null(node: Node) -> bool:
-        return isinstance(node, ScalarNode) and node.tag == _NULL
-
-    # -- scalars ------------------------------------------------------------------------
-
-    def string(self, node: Node, path: str, what: str = "a string") -> str | None:
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            return str(node.value)
-        if isinstance(node, ScalarNode) and node.tag == _NULL and node.value in ("", "~"):
-            self.at(node, path, f"has no value; expected {what}")
-            return None
-        if isinstance(node, ScalarNode) and node.style is None and node.tag in _KIND:
-            kind = _describe(node)
-            yaml_version = " 1.1" if node.value.lower() in _YAML11_ONLY else ""
-            self.at(
-                node,
-                path,
-                f"expected {what}, but YAML{yaml_version} reads the unquoted {node.value!r} as "
-                f'{kind}; quote it: "{node.value}"',
-            )
-            return None
-        self.at(node, path, f"expected {what}, got {_describe(node)}")
-        return None
-
-    def name(self, node: Node, path: str, what: str) -> str | None:
-        value = self.string(node, path, f"a {what} (a string)")
-        if value is not None and not value.strip():
-            self.at(node, path, f"a {what} must not be empty")
-            return None
-        return value
-
-    def integer(self, node: Node, path: str, minimum: int | None = None) -> int | None:
-        if not (isinstance(node, ScalarNode) and node.tag == _INT):
-            self.at(node, path, f"expected an integer, got {_describe(node)}")
-            return None
-        if not _DECIMAL_RE.match(node.value):
-            self.at(
-                node,
-                path,
-                f"write {node.value!r} as a plain decimal integer (YAML 1.1 reads leading "
-                "zeros as octal, and `0x`, `_` and `:` forms differ between YAML versions)",
-            )
-            return None
-        value = int(node.value)
-        if minimum is not None and value < minimum:
-            self.at(node, path, f"must be at least {minimum}, got {value}")
-            return None
-        return value
-
-    def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str | None:
-        value = self.string(node, path, f"one of {', '.join(choices)}")
-        if value is not None and value not in choices:
-            hint = _suggest(value, choices) or f" (one of: {', '.join(choices)})"
-            self.at(node, path, f'unknown value "{value}"{hint}')
-            return None
-        return value
-
-    def bandwidth(self, node: Node, path: str) -> tuple[bool, int | None]:
-        """(valid, bytes/s or None for unlimited)."""
-        if isinstance(node, ScalarNode) and node.tag in (_INT, _TAG + "float"):
-            self.at(node, path, f'a bandwidth needs a unit, e.g. "{node.value}MiB/s"')
-            return False, None
-        text = self.string(node, path, 'a bandwidth like "200MiB/s" or "unlimited"')
-        if text is None:
-            return False, None
-        try:
-            value = parse_size_rate(text)
-        except ValueError as error:
-            self.at(node, path, str(error))
-            return False, None
-        if value is not None and value < 1:
-            self.at(
-                node,
-                path,
-                f'a bandwidth must be positive, got "{text}"; to stop pulls, '
-                "use windows or `action: ignore`",
-            )
-            return False, None
-        return True, value
-
-    def duration(self, node: Node, path: str) -> float | None:
-        if isinstance(node, ScalarNode) and node.tag in (_INT, _TAG + "float"):
-            self.at(node, path, f'a duration needs a unit, e.g. "{node.value}s"')
-            return None
-        text = self.string(node, path, 'a duration like "90s", "5m" or "1h30m"')
-        if text is None:
-            return None
-        try:
-            value = parse_duration(text)
-        except ValueError as error:
-            self.at(node, path, str(error))
-            return None
-        if value <= 0:
-            self.at(node, path, f'a duration must be positive, got "{text}"')
-            return None
-        return value
-
-    def clock(self, node: Node, path: str) -> time | None:
-        # An unquoted 22:00 is tagged int (sexagesimal) by YAML 1.1; its raw text is kept.
-        if isinstance(node, ScalarNode) and node.tag in (_STR, _INT):
-            match = _TIME_RE.match(node.value)
-            if match:
-                return time(int(match.group(1)), int(match.group(2)))
-            hint = '; midnight is "00:00"' if node.value.startswith("24") else ""
-            self.at(
-                node, path, f'expected a time "HH:MM" (00:00 to 23:59), got "{node.value}"{hint}'
-            )
-            return None
-        self.at(node, path, f'expected a time "HH:MM", got {_describe(node)}')
-        return None
-
-    def glob(self, node: Node, path: str) -> str | None:
-        value = self.string(node, path, "a glob (a string)")
-        if value is None:
-            return None
-        problem = glob_problem(value)
-        if problem:
-            self.at(node, path, problem)
-            return None
-        return value
-
-    def globs(self, node: Node, path: str, allow_empty: bool) -> tuple[str, ...] | None:
-        items = self.sequence(node, path, 'globs, e.g. ["web-*"]')
-        if items is None:
-            return None
-        if not items and not allow_empty:
-            self.at(
-                node,
-                path,
-                "an empty list matches nothing useful; omit the key to match "
-                "everything, or use `action: ignore`",
-            )
-            return None
-        values = [self.glob(item, f"{path}[{i}]") for i, item in enumerate(items)]
-        if any(value is None for value in values):
-            return None
-        return tuple(value for value in values if value is not None)
+class _PolicyChecker(PolicyFieldChecker):
+    """The policy's sections, on top of the checks of its values."""
 
     # -- sections -----------------------------------------------------------------------
 
@@ -436,7 +142,7 @@ class _Checker:
             shared=shared,
         )
 
-    def version(self, root: Node, entries: dict[str, tuple[Node, Node]]) -> int | None:
+    def version(self, root: Node, entries: Fields) -> int | None:
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         if "version" not in entries:
             self.at(
@@ -457,7 +163,7 @@ class _Checker:
         try:
             zoneinfo.ZoneInfo(name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            hint = _suggest(name, tuple(sorted(zoneinfo.available_timezones())))
+            hint = self.suggest(name, sorted(zoneinfo.available_timezones()))
             self.at(
                 node,
                 "timezone",
@@ -467,10 +173,10 @@ class _Checker:
             return None
         return name
 
-    def defaults(self, entries: dict[str, tuple[Node, Node]]) -> Defaults | None:
+    def defaults(self, entries: Fields) -> Defaults | None:
         budget = Budget(DEFAULT_BANDWIDTH, DEFAULT_MAX_CONCURRENT)
         result = Defaults(budget, DEFAULT_OUTSIDE_WINDOWS, DEFAULT_RETRY)
-        if "defaults" not in entries or self.is_null(entries["defaults"][1]):
+        if "defaults" not in entries or is_null(entries["defaults"][1]):
             return result
         fields = self.mapping(entries["defaults"][1], "defaults", DEFAULTS_KEYS)
         if fields is None:
@@ -491,7 +197,7 @@ class _Checker:
             ok &= text is not None
             outside = OutsideWindows(text) if text is not None else outside
         retry: Retry | None = DEFAULT_RETRY
-        if "retry" in fields and not self.is_null(fields["retry"][1]):
+        if "retry" in fields and not is_null(fields["retry"][1]):
             retry = self.retry(fields["retry"][1])
         if not ok or retry is None:
             return None
@@ -522,11 +228,9 @@ class _Checker:
             return None
         return Retry(attempts, backoff, max_backoff)
 
-    def windows(
-        self, entries: dict[str, tuple[Node, Node]]
-    ) -> tuple[tuple[str, ...] | None, tuple[Window, ...] | None]:
+    def windows(self, entries: Fields) -> tuple[tuple[str, ...] | None, tuple[Window, ...] | None]:
         """(the names of all windows, even invalid ones; the valid windows or None)."""
-        if "windows" not in entries or self.is_null(entries["windows"][1]):
+        if "windows" not in entries or is_null(entries["windows"][1]):
             return (), ()
         node = entries["windows"][1]
         if not isinstance(node, MappingNode):
@@ -534,8 +238,10 @@ class _Checker:
                 node,
                 "windows",
                 "expected a mapping of window names to windows, e.g. "
-                f'`nights: {{from: "22:00", to: "06:00"}}`, got {_describe(node)}',
+                f'`nights: {{from: "22:00", to: "06:00"}}`, got {describe(node)}',
             )
+            return None, None
+        if not self.at_most(node, "windows", len(node.value), MAX_WINDOWS, "windows"):
             return None, None
         entries_by_name = self.entries(node, "windows", None)
         result = [
@@ -548,7 +254,7 @@ class _Checker:
         return names, tuple(window for window in result if window is not None)
 
     def window(self, name: str, node: Node, path: str) -> Window | None:
-        if self.is_null(node):
+        if is_null(node):
             self.at(
                 node,
                 path,
@@ -622,7 +328,7 @@ class _Checker:
                 self.at(item, f"{path}[{i}]", f'days are lowercase: "{text.lower()}"')
                 ok = False
             elif text not in DAY_NAMES:
-                hint = _suggest(text, DAY_NAMES) or " (mon, tue, wed, thu, fri, sat, sun)"
+                hint = self.suggest(text, DAY_NAMES) or " (mon, tue, wed, thu, fri, sat, sun)"
                 self.at(item, f"{path}[{i}]", f'unknown day "{text}"{hint}')
                 ok = False
             elif DAY_NAMES.index(text) in result:
@@ -633,12 +339,14 @@ class _Checker:
         return frozenset(result) if ok else None
 
     def rules(
-        self, entries: dict[str, tuple[Node, Node]], window_names: tuple[str, ...] | None
+        self, entries: Fields, window_names: tuple[str, ...] | None
     ) -> tuple[Rule, ...] | None:
-        if "rules" not in entries or self.is_null(entries["rules"][1]):
+        if "rules" not in entries or is_null(entries["rules"][1]):
             return ()
         items = self.sequence(entries["rules"][1], "rules", "rules")
-        if items is None:
+        if items is None or not self.at_most(
+            entries["rules"][1], "rules", len(items), MAX_RULES, "rules"
+        ):
             return None
         result: list[Rule | None] = []
         first_line: dict[str, int] = {}
@@ -714,7 +422,7 @@ class _Checker:
         )
 
     def exclude(self, node: Node, path: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-        if self.is_null(node):
+        if is_null(node):
             return (), ()
         fields = self.mapping(node, path, EXCLUDE_KEYS)
         if fields is None:
@@ -733,7 +441,7 @@ class _Checker:
         self, node: Node, path: str, window_names: tuple[str, ...] | None
     ) -> tuple[str, ...] | None:
         items = self.sequence(node, path, "window names")
-        if items is None:
+        if items is None or not self.at_most(node, path, len(items), MAX_WINDOWS, "windows"):
             return None
         if not items:
             self.at(node, path, "an empty list would mean any time; omit `windows` instead")
@@ -749,7 +457,7 @@ class _Checker:
                 ok = False
             elif window_names is not None and name not in window_names:
                 known = ", ".join(window_names) or "none defined"
-                hint = _suggest(name, window_names, cutoff=0.5) or f" (windows: {known})"
+                hint = self.suggest(name, window_names, cutoff=0.5) or f" (windows: {known})"
                 self.at(item, f"{path}[{i}]", f'unknown window "{name}"{hint}')
                 ok = False
             else:
@@ -762,33 +470,4 @@ def _value_of(node: Node, key: str) -> Node | None:
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode) and key_node.value == key:
                 return value_node
-    return None
-
-
-def glob_problem(pattern: str) -> str | None:
-    """Why `pattern` is not a usable fnmatch glob, or None.
-
-    fnmatch silently treats an unclosed `[` as a literal character; an operator who wrote
-    `vd[ab` almost certainly meant a character class, so it is an error here.
-    """
-    if not pattern:
-        return "a glob must not be empty"
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern[i] == "[":
-            # Same scan as fnmatch.translate: `[!` negates, a `]` right after opens is literal.
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                return (
-                    f'unbalanced "[" at position {i + 1} in glob "{pattern}"; write "[[]" '
-                    "for a literal ["
-                )
-            i = j
-        i += 1
     return None

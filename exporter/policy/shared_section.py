@@ -14,23 +14,21 @@ and metric labels, so they are kept to letters, digits, `.`, `_` and `-`.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from yaml.nodes import MappingNode, Node
 
+from exporter.config_file.checker import is_null
+from exporter.policy.fields import PolicyFieldChecker
 from exporter.policy.values import SharedGroup
-
-if TYPE_CHECKING:
-    from exporter.policy.loader import _Checker
 
 SHARED_KEYS = ("paths", "bandwidth", "max_concurrent")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 EXAMPLE = '`filer-a: {paths: ["/mnt/filer-a/*"], bandwidth: 800MiB/s, max_concurrent: 8}`'
 
 
-def parse_shared(checker: _Checker, node: Node | None) -> tuple[SharedGroup, ...] | None:
+def parse_shared(checker: PolicyFieldChecker, node: Node | None) -> tuple[SharedGroup, ...] | None:
     """The groups of the `shared` section (absent or null: none), or None after an issue."""
-    if node is None or checker.is_null(node):
+    if node is None or is_null(node):
         return ()
     if not isinstance(node, MappingNode):
         checker.at(node, "shared", f"expected a mapping of group names to groups, e.g. {EXAMPLE}")
@@ -44,7 +42,9 @@ def parse_shared(checker: _Checker, node: Node | None) -> tuple[SharedGroup, ...
     return tuple(group for group in groups if group is not None)
 
 
-def _group(checker: _Checker, name: str, key: Node, node: Node, path: str) -> SharedGroup | None:
+def _group(
+    checker: PolicyFieldChecker, name: str, key: Node, node: Node, path: str
+) -> SharedGroup | None:
     fields = checker.mapping(node, path, SHARED_KEYS)
     if fields is None:
         return None

@@ -2,89 +2,56 @@
 
 Same format as every Prometheus exporter (docs/web-configuration.md in
 prometheus/exporter-toolkit), so operators reuse the files they already deploy. Validated once
-at load: every mistake is a `WebConfigError` naming the file and the key. Relative paths resolve
-against the file's directory.
+at load by the shared checker (exporter.config_file): every mistake is reported at once, each
+with file, line, column and YAML path, in a `WebConfigError`. Relative paths resolve against the
+file's directory; the certificate, key and CA files are read once, with the same care as the
+config file itself, and the TLS context is built from those bytes.
+
+TLS follows Mozilla's "intermediate" profile (see exporter.web.tls); a `min_version` or
+`max_version` this machine's OpenSSL cannot serve is refused at load rather than failing every
+handshake later.
 
 Differences from the Go toolkit, each rejected with a message rather than silently changed:
 - `client_auth_type` RequestClientCert and RequireAnyClientCert: Python's ssl module cannot ask
   for a client certificate without verifying it.
 - `curve_preferences` takes one curve (Python's ssl sets a single ECDH curve).
+- `min_version`/`max_version` TLS10 and TLS11.
 - `rate_limit` is not supported.
 `http_server_config.http2` is accepted and ignored: the endpoint serves HTTP/1.1.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import ssl
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-import yaml
+from yaml.nodes import MappingNode, Node
+
+from exporter.config_file.checker import STR, Checker, Fields, describe, is_null, join
+from exporter.config_file.issues import ConfigError, Issue
+from exporter.config_file.reading import UnreadableFileError, read_config_file
+from exporter.web.tls import (
+    CIPHER_SUITES,
+    CURVES,
+    INTERMEDIATE_CIPHERS,
+    OBSOLETE_TLS_VERSIONS,
+    TLS,
+    TLS_VERSIONS,
+    UNSUPPORTED_CLIENT_AUTH,
+    ClientAuth,
+    Pem,
+    TLSConfig,
+    TLSSetupError,
+    openssl_serves,
+)
 
 
-class WebConfigError(ValueError):
-    """An invalid web configuration; the message names the file and the key."""
+class WebConfigError(ConfigError):
+    """The issues found in one web config file, in file order (at most a few dozen shown)."""
 
-
-class ClientAuth(StrEnum):
-    NO_CLIENT_CERT = "NoClientCert"
-    REQUEST_CLIENT_CERT = "RequestClientCert"
-    REQUIRE_ANY_CLIENT_CERT = "RequireAnyClientCert"
-    VERIFY_CLIENT_CERT_IF_GIVEN = "VerifyClientCertIfGiven"
-    REQUIRE_AND_VERIFY_CLIENT_CERT = "RequireAndVerifyClientCert"
-
-
-_UNSUPPORTED_CLIENT_AUTH = {
-    ClientAuth.REQUEST_CLIENT_CERT,
-    ClientAuth.REQUIRE_ANY_CLIENT_CERT,
-}
-_VERIFY_MODES = {
-    ClientAuth.NO_CLIENT_CERT: ssl.CERT_NONE,
-    ClientAuth.VERIFY_CLIENT_CERT_IF_GIVEN: ssl.CERT_OPTIONAL,
-    ClientAuth.REQUIRE_AND_VERIFY_CLIENT_CERT: ssl.CERT_REQUIRED,
-}
-
-_TLS_VERSIONS = {
-    "TLS10": ssl.TLSVersion.TLSv1,
-    "TLS11": ssl.TLSVersion.TLSv1_1,
-    "TLS12": ssl.TLSVersion.TLSv1_2,
-    "TLS13": ssl.TLSVersion.TLSv1_3,
-}
-
-# Go's crypto/tls names (tls.CipherSuites(), TLS 1.0-1.2) -> OpenSSL names. TLS 1.3 suites are
-# not configurable, in Go as here.
-_CIPHER_SUITES = {
-    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
-    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
-    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
-    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
-    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
-    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
-    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
-}
-
-_CURVES = {
-    "CurveP256": "prime256v1",
-    "CurveP384": "secp384r1",
-    "CurveP521": "secp521r1",
-    "X25519": "X25519",
-}
 
 # Headers the toolkit lets a config set, with the values it accepts (None = any).
 _HEADERS: dict[str, frozenset[str] | None] = {
@@ -97,8 +64,8 @@ _HEADERS: dict[str, frozenset[str] | None] = {
 
 _BCRYPT = re.compile(r"^\$2[abxy]?\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 
-_TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"}
-_TLS_KEYS = {
+_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
+_TLS_KEYS = (
     "cert",
     "key",
     "client_ca",
@@ -112,85 +79,8 @@ _TLS_KEYS = {
     "cipher_suites",
     "prefer_server_cipher_suites",
     "curve_preferences",
-}
-_HTTP_KEYS = {"http2", "headers"}
-
-
-@dataclass(frozen=True)
-class Pem:
-    """PEM text given inline or as a file (`path` set): where it came from, for messages."""
-
-    key: str  # the config key, e.g. tls_server_config.cert_file
-    data: bytes
-    path: Path | None
-
-
-@dataclass(frozen=True)
-class TLSConfig:
-    cert: Pem
-    key: Pem = field(repr=False)
-    client_auth_type: ClientAuth = ClientAuth.NO_CLIENT_CERT
-    client_ca: Pem | None = None
-    client_allowed_sans: tuple[str, ...] = ()
-    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
-    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
-    cipher_suites: tuple[str, ...] = ()  # OpenSSL names; () = OpenSSL's defaults
-    prefer_server_cipher_suites: bool = True
-    curve: str | None = None  # OpenSSL name
-
-    def ssl_context(self, source: str = "web config") -> ssl.SSLContext:
-        """A server-side context; raises WebConfigError naming the key at fault."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        try:
-            ctx.minimum_version = self.min_version
-            ctx.maximum_version = self.max_version
-        except ValueError as e:
-            raise WebConfigError(f"{source}: tls_server_config.min_version: {e}") from e
-        with _pem_file(self.cert) as cert_path, _pem_file(self.key) as key_path:
-            try:
-                # A password callback returning nothing: an encrypted key fails, never prompts.
-                ctx.load_cert_chain(cert_path, key_path, password=lambda: b"")
-            except (ssl.SSLError, OSError) as e:
-                raise WebConfigError(
-                    f"{source}: {self.cert.key} / {self.key.key}: not a PEM certificate and "
-                    f"its unencrypted private key ({_reason(e)})"
-                ) from e
-        ctx.verify_mode = _VERIFY_MODES[self.client_auth_type]
-        if self.client_ca is not None:
-            try:
-                ctx.load_verify_locations(cadata=self.client_ca.data.decode("ascii"))
-            except (ssl.SSLError, ValueError) as e:
-                raise WebConfigError(
-                    f"{source}: {self.client_ca.key}: no PEM CA certificate ({_reason(e)})"
-                ) from e
-        if self.cipher_suites:
-            ctx.set_ciphers(":".join(self.cipher_suites))
-        if self.prefer_server_cipher_suites:
-            ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        else:
-            ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-        if self.curve is not None:
-            try:
-                ctx.set_ecdh_curve(self.curve)
-            except (ssl.SSLError, ValueError) as e:
-                # Debian 12's Python cannot set X25519 this way; a newer build can.
-                raise WebConfigError(
-                    f"{source}: tls_server_config.curve_preferences: this Python's ssl module "
-                    f"cannot use {self.curve} ({_reason(e)}); choose CurveP256, CurveP384 or "
-                    "CurveP521, or leave curve_preferences out"
-                ) from e
-        return ctx
-
-    def allows_peer(self, peer_cert: Mapping[str, Any] | None) -> bool:
-        """client_allowed_sans: does the verified client certificate carry an allowed SAN?"""
-        if not self.client_allowed_sans:
-            return True
-        if not peer_cert:
-            return False
-        allowed = {_normalise_san(s) for s in self.client_allowed_sans}
-        return any(
-            _normalise_san(value) in allowed for _, value in peer_cert.get("subjectAltName", ())
-        )
+)
+_HTTP_KEYS = ("http2", "headers")
 
 
 @dataclass(frozen=True)
@@ -201,283 +91,341 @@ class WebConfig:
     basic_auth_users: dict[str, bytes] = field(default_factory=dict, repr=False)  # bcrypt
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        return None if self.tls is None else self.tls.ssl_context(self.source)
+        """The server context, or None for plain HTTP; raises WebConfigError naming the key."""
+        if self.tls is None:
+            return None
+        try:
+            return self.tls.ssl_context()
+        except TLSSetupError as error:
+            raise WebConfigError((Issue(self.source, 0, 0, error.key, error.message),)) from None
 
 
 def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
-    """Read, validate and (for TLS) trial-build the SSL context of a web config file."""
+    """Read and validate a web config file, trial-building its TLS context."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise WebConfigError(f"{source}: cannot read: {_reason(e)}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise WebConfigError(f"{source}: not valid YAML: {e}") from e
-    config = parse_web_config(data, source=str(source), base_dir=source.parent)
-    config.ssl_context()  # certificate/key mismatches surface now, not at the first scrape
+        data = read_config_file(source)
+    except UnreadableFileError as error:
+        raise WebConfigError.unpositioned(str(source), str(error)) from None
+    return parse_web_config(data, source=str(source), base_dir=source.parent)
+
+
+def parse_web_config(data: str | bytes, *, source: str, base_dir: Path) -> WebConfig:
+    """Validate a web config's text; reads the files it names (relative to `base_dir`)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", errors="surrogatepass")
+    checker = _WebConfigChecker(source, base_dir=base_dir)
+    root = checker.document(data)
+    config = WebConfig(source=source) if root is None else checker.config(root)
+    if checker.issues or config is None:
+        raise checker.issues.error(WebConfigError)
     return config
 
 
-def parse_web_config(data: object, *, source: str, base_dir: Path) -> WebConfig:
-    """Validate parsed YAML; reads the files it names (relative to `base_dir`)."""
-    if data is None:
-        return WebConfig(source=source)
-    root = _mapping(data, source, "")
-    _known_keys(root, _TOP_KEYS, source, "")
-    if "rate_limit" in root:
-        raise WebConfigError(f"{source}: rate_limit: not supported by blockpull-exporter")
-    tls = None
-    if root.get("tls_server_config") is not None:
-        tls = _parse_tls(
-            _mapping(root["tls_server_config"], source, "tls_server_config"), source, base_dir
-        )
-    headers: tuple[tuple[str, str], ...] = ()
-    if root.get("http_server_config") is not None:
-        headers = _parse_http(
-            _mapping(root["http_server_config"], source, "http_server_config"), source
-        )
-    users = {}
-    if root.get("basic_auth_users") is not None:
-        users = _parse_users(_mapping(root["basic_auth_users"], source, "basic_auth_users"), source)
-    return WebConfig(source=source, tls=tls, headers=headers, basic_auth_users=users)
+@dataclass
+class _WebConfigChecker(Checker):
+    """The web config's sections on top of the generic checks; None where a value is wrong."""
 
+    base_dir: Path = Path()
 
-def _parse_tls(raw: dict[str, Any], source: str, base_dir: Path) -> TLSConfig | None:
-    prefix = "tls_server_config."
-    _known_keys(raw, _TLS_KEYS, source, prefix)
-    cert = _pem(raw, "cert", "cert_file", source, base_dir)
-    key = _pem(raw, "key", "key_file", source, base_dir)
-    client_ca = _pem(raw, "client_ca", "client_ca_file", source, base_dir)
-    if cert is None and key is None:
-        extra = sorted(k for k in raw if raw[k] is not None)
-        if extra:
-            raise WebConfigError(
-                f"{source}: tls_server_config: {', '.join(extra)} given without cert_file and "
-                "key_file"
+    def config(self, root: Node) -> WebConfig | None:
+        fields = self.mapping(root, "", _TOP_KEYS)
+        if fields is None:
+            return None
+        if "rate_limit" in fields:
+            self.at(fields["rate_limit"][0], "rate_limit", "not supported by blockpull-exporter")
+        tls = users = None
+        headers: tuple[tuple[str, str], ...] | None = ()
+        if _given(fields, TLS):
+            tls = self.tls(fields[TLS][1])
+        if _given(fields, "http_server_config"):
+            headers = self.http(fields["http_server_config"][1])
+        if _given(fields, "basic_auth_users"):
+            users = self.users(fields["basic_auth_users"][1])
+        if headers is None:
+            return None
+        return WebConfig(self.source, tls, headers, users or {})
+
+    # -- tls_server_config --------------------------------------------------------------
+
+    def tls(self, node: Node) -> TLSConfig | None:
+        fields = self.mapping(node, TLS, _TLS_KEYS)
+        if fields is None:
+            return None
+        given = sorted(key for key in fields if _given(fields, key))
+        has_cert = bool({"cert", "cert_file"} & set(given))
+        has_key = bool({"key", "key_file"} & set(given))
+        if not has_cert and not has_key:
+            if given:
+                self.at(node, TLS, f"{', '.join(given)} given without cert_file and key_file")
+            return None  # an empty section: plain HTTP, as in the toolkit
+        if not has_cert:
+            self.at(node, f"{TLS}.cert_file", "missing (key_file is set)")
+        if not has_key:
+            self.at(node, f"{TLS}.key_file", "missing (cert_file is set)")
+        issues_before = self.issues.count
+        cert = self.pem(fields, "cert", "cert_file")
+        key = self.pem(fields, "key", "key_file")
+        client_ca = self.pem(fields, "client_ca", "client_ca_file")
+        auth = self.client_auth(fields, client_ca)
+        sans = self.allowed_sans(fields, auth)
+        versions = self.versions(fields)
+        ciphers = self.ciphers(fields)
+        prefer = True
+        if "prefer_server_cipher_suites" in fields:
+            value = fields["prefer_server_cipher_suites"][1]
+            prefer = bool(self.boolean(value, f"{TLS}.prefer_server_cipher_suites"))
+        curve = self.curve(fields)
+        if self.issues.count > issues_before or cert is None or key is None:
+            return None
+        assert auth is not None and sans is not None and versions is not None
+        config = TLSConfig(
+            cert=cert,
+            key=key,
+            client_auth_type=auth,
+            client_ca=client_ca,
+            client_allowed_sans=sans,
+            min_version=versions[0],
+            max_version=versions[1],
+            cipher_suites=ciphers or INTERMEDIATE_CIPHERS,
+            prefer_server_cipher_suites=prefer,
+            curve=curve,
+        )
+        try:
+            config.ssl_context()  # mismatched files surface now, not at the first scrape
+        except TLSSetupError as error:
+            nodes = {join(TLS, name): value for name, (_, value) in fields.items()}
+            self.at(nodes.get(error.key, node), error.key, error.message)
+            return None
+        return config
+
+    def pem(self, fields: Fields, inline_key: str, file_key: str) -> Pem | None:
+        inline, file = _given(fields, inline_key), _given(fields, file_key)
+        if inline and file:
+            self.at(
+                fields[inline_key][0],
+                f"{TLS}.{inline_key}",
+                f"give either {inline_key} or {file_key}, not both",
             )
-        return None  # an empty section: plain HTTP, as in the toolkit
-    if cert is None:
-        raise WebConfigError(f"{source}: tls_server_config.cert_file: missing (key_file is set)")
-    if key is None:
-        raise WebConfigError(f"{source}: tls_server_config.key_file: missing (cert_file is set)")
+            return None
+        if inline:
+            key = f"{TLS}.{inline_key}"
+            text = self.string(fields[inline_key][1], key, "PEM text")
+            return None if text is None else Pem(key, text.encode("utf-8"), None)
+        if not file:
+            return None
+        key = f"{TLS}.{file_key}"
+        name = self.string(fields[file_key][1], key, "a file name")
+        if name is None:
+            return None
+        path = self.base_dir / name
+        try:
+            return Pem(key, read_config_file(path), path)
+        except UnreadableFileError as error:
+            self.at(fields[file_key][1], key, f"{path}: {error}")
+            return None
 
-    auth_text = _string(
-        raw.get("client_auth_type", "NoClientCert"), source, prefix + "client_auth_type"
-    )
-    try:
-        auth = ClientAuth(auth_text)
-    except ValueError:
-        raise WebConfigError(
-            f"{source}: tls_server_config.client_auth_type: {auth_text!r} is not one of "
-            f"{', '.join(a.value for a in ClientAuth)}"
-        ) from None
-    if auth in _UNSUPPORTED_CLIENT_AUTH:
-        raise WebConfigError(
-            f"{source}: tls_server_config.client_auth_type: {auth} is not supported (Python's "
-            "ssl cannot accept an unverified client certificate); use "
-            "RequireAndVerifyClientCert"
-        )
-    if auth is ClientAuth.NO_CLIENT_CERT and client_ca is not None:
-        raise WebConfigError(
-            f"{source}: {client_ca.key}: a client CA is set but client_auth_type is "
-            "NoClientCert; set client_auth_type: RequireAndVerifyClientCert"
-        )
-    if auth is not ClientAuth.NO_CLIENT_CERT and client_ca is None:
-        raise WebConfigError(
-            f"{source}: tls_server_config.client_ca_file: required when client_auth_type is {auth}"
-        )
-    sans = _string_list(raw.get("client_allowed_sans"), source, prefix + "client_allowed_sans")
-    if sans and auth is not ClientAuth.REQUIRE_AND_VERIFY_CLIENT_CERT:
-        raise WebConfigError(
-            f"{source}: tls_server_config.client_allowed_sans: needs client_auth_type "
-            "RequireAndVerifyClientCert (otherwise a client may send no certificate)"
-        )
-    min_version = _tls_version(raw.get("min_version", "TLS12"), source, prefix + "min_version")
-    max_version = _tls_version(raw.get("max_version", "TLS13"), source, prefix + "max_version")
-    if min_version > max_version:
-        raise WebConfigError(
-            f"{source}: tls_server_config.min_version: {raw.get('min_version')} is above "
-            f"max_version {raw.get('max_version', 'TLS13')}"
-        )
-    ciphers = []
-    for name in _string_list(raw.get("cipher_suites"), source, prefix + "cipher_suites"):
-        if name not in _CIPHER_SUITES:
-            raise WebConfigError(
-                f"{source}: tls_server_config.cipher_suites: unknown or insecure cipher suite "
-                f"{name!r}; known: {', '.join(sorted(_CIPHER_SUITES))}"
+    def client_auth(self, fields: Fields, client_ca: Pem | None) -> ClientAuth | None:
+        path = f"{TLS}.client_auth_type"
+        auth = ClientAuth.NO_CLIENT_CERT
+        if "client_auth_type" in fields:
+            node = fields["client_auth_type"][1]
+            text = self.choice(node, path, tuple(auth.value for auth in ClientAuth))
+            if text is None:
+                return None
+            auth = ClientAuth(text)
+            if auth in UNSUPPORTED_CLIENT_AUTH:
+                self.at(
+                    node,
+                    path,
+                    f"{auth} is not supported (Python's ssl cannot accept an unverified client "
+                    "certificate); use RequireAndVerifyClientCert",
+                )
+                return None
+        has_ca = _given(fields, "client_ca") or _given(fields, "client_ca_file")
+        if auth is ClientAuth.NO_CLIENT_CERT and has_ca:
+            ca_key = "client_ca" if _given(fields, "client_ca") else "client_ca_file"
+            self.at(
+                fields[ca_key][0],
+                f"{TLS}.{ca_key}",
+                "a client CA is set but client_auth_type is NoClientCert; set "
+                "client_auth_type: RequireAndVerifyClientCert",
             )
-        ciphers.append(_CIPHER_SUITES[name])
-    prefer = raw.get("prefer_server_cipher_suites", True)
-    if not isinstance(prefer, bool):
-        raise WebConfigError(
-            f"{source}: tls_server_config.prefer_server_cipher_suites: expected true or false, "
-            f"got {prefer!r}"
-        )
-    curves = _string_list(raw.get("curve_preferences"), source, prefix + "curve_preferences")
-    for name in curves:
-        if name not in _CURVES:
-            raise WebConfigError(
-                f"{source}: tls_server_config.curve_preferences: unknown curve {name!r}; known: "
-                f"{', '.join(_CURVES)}"
+        elif auth is not ClientAuth.NO_CLIENT_CERT and not has_ca:
+            self.at(
+                fields["client_auth_type"][1],
+                f"{TLS}.client_ca_file",
+                f"required when client_auth_type is {auth}",
             )
-    if len(curves) > 1:
-        raise WebConfigError(
-            f"{source}: tls_server_config.curve_preferences: only one curve is supported "
-            f"(Python's ssl sets a single ECDH curve), got {len(curves)}"
-        )
-    return TLSConfig(
-        cert=cert,
-        key=key,
-        client_auth_type=auth,
-        client_ca=client_ca,
-        client_allowed_sans=tuple(sans),
-        min_version=min_version,
-        max_version=max_version,
-        cipher_suites=tuple(ciphers),
-        prefer_server_cipher_suites=prefer,
-        curve=_CURVES[curves[0]] if curves else None,
-    )
+        return auth
 
-
-def _parse_http(raw: dict[str, Any], source: str) -> tuple[tuple[str, str], ...]:
-    _known_keys(raw, _HTTP_KEYS, source, "http_server_config.")
-    http2 = raw.get("http2", True)
-    if not isinstance(http2, bool):
-        raise WebConfigError(
-            f"{source}: http_server_config.http2: expected true or false, got {http2!r}"
-        )
-    if raw.get("headers") is None:
-        return ()
-    headers = _mapping(raw["headers"], source, "http_server_config.headers")
-    result = []
-    for name, value in headers.items():
-        key = f"http_server_config.headers.{name}"
-        if name not in _HEADERS:
-            raise WebConfigError(
-                f"{source}: {key}: this header cannot be set; allowed: {', '.join(_HEADERS)}"
+    def allowed_sans(self, fields: Fields, auth: ClientAuth | None) -> tuple[str, ...] | None:
+        if "client_allowed_sans" not in fields:
+            return ()
+        path = f"{TLS}.client_allowed_sans"
+        node = fields["client_allowed_sans"][1]
+        sans = self.strings(node, path, "subject alternative names")
+        if sans and auth not in (None, ClientAuth.REQUIRE_AND_VERIFY_CLIENT_CERT):
+            self.at(
+                node,
+                path,
+                "needs client_auth_type RequireAndVerifyClientCert (otherwise a client may send "
+                "no certificate)",
             )
-        if value is None or value == "":
-            continue  # blank: unset, as documented
-        text = _string(value, source, key)
-        if "\r" in text or "\n" in text:
-            raise WebConfigError(f"{source}: {key}: a header value cannot contain a line break")
-        accepted = _HEADERS[name]
-        if accepted is not None and text.lower() not in accepted:
-            raise WebConfigError(
-                f"{source}: {key}: {text!r} is not one of {', '.join(sorted(accepted))}"
+        return sans
+
+    def versions(self, fields: Fields) -> tuple[ssl.TLSVersion, ssl.TLSVersion] | None:
+        lowest = highest = None
+        if "min_version" in fields:
+            lowest = self.tls_version(fields["min_version"][1], f"{TLS}.min_version")
+        if "max_version" in fields:
+            highest = self.tls_version(fields["max_version"][1], f"{TLS}.max_version")
+        if ("min_version" in fields and lowest is None) or (
+            "max_version" in fields and highest is None
+        ):
+            return None
+        lowest = lowest or ssl.TLSVersion.TLSv1_2
+        highest = highest or ssl.TLSVersion.TLSv1_3
+        if lowest > highest:
+            self.at(
+                fields["min_version"][1],
+                f"{TLS}.min_version",
+                f"{_name(lowest)} is above max_version {_name(highest)}",
             )
-        result.append((name, text))
-    return tuple(result)
+            return None
+        return lowest, highest
 
-
-def _parse_users(raw: dict[Any, Any], source: str) -> dict[str, bytes]:
-    users = {}
-    for user, hashed in raw.items():
-        if not isinstance(user, str) or not user:
-            raise WebConfigError(
-                f"{source}: basic_auth_users: user name {user!r} must be a non-empty string "
-                "(quote it)"
+    def tls_version(self, node: Node, path: str) -> ssl.TLSVersion | None:
+        text = self.choice(node, path, (*OBSOLETE_TLS_VERSIONS, *TLS_VERSIONS))
+        if text is None:
+            return None
+        if text in OBSOLETE_TLS_VERSIONS:
+            self.at(
+                node,
+                path,
+                f"{text} is refused: TLS 1.0 and 1.1 are obsolete (RFC 8996) and OpenSSL no "
+                "longer completes their handshakes by default; use TLS12 or TLS13",
             )
-        if ":" in user:
-            raise WebConfigError(
-                f"{source}: basic_auth_users.{user}: a user name cannot contain ':'"
+            return None
+        version = TLS_VERSIONS[text]
+        if not openssl_serves(version):
+            self.at(
+                node,
+                path,
+                f"{text} cannot be served by this machine's {ssl.OPENSSL_VERSION} (not built "
+                "in, or disabled by its configuration)",
             )
-        if not isinstance(hashed, str) or not _BCRYPT.match(hashed):
-            raise WebConfigError(
-                f"{source}: basic_auth_users.{user}: not a bcrypt hash (expected "
-                '$2y$10$ followed by 53 characters, e.g. from `htpasswd -nBC 10 ""`); '
-                "never put a plain password here"
+            return None
+        return version
+
+    def ciphers(self, fields: Fields) -> tuple[str, ...] | None:
+        if "cipher_suites" not in fields:
+            return ()
+        path = f"{TLS}.cipher_suites"
+        names = self.strings(fields["cipher_suites"][1], path, "cipher suite names")
+        if names is None:
+            return None
+        unknown = [name for name in names if name not in CIPHER_SUITES]
+        if unknown:
+            self.at(
+                fields["cipher_suites"][1],
+                path,
+                f"unknown or insecure cipher suite {unknown[0]!r}; known: "
+                f"{', '.join(sorted(CIPHER_SUITES))}",
             )
-        users[user] = hashed.encode("ascii")
-    return users
+            return None
+        return tuple(CIPHER_SUITES[name] for name in names)
 
-
-def _pem(
-    raw: dict[str, Any], inline_key: str, file_key: str, source: str, base_dir: Path
-) -> Pem | None:
-    inline, path_text = raw.get(inline_key), raw.get(file_key)
-    if inline is not None and path_text is not None:
-        raise WebConfigError(
-            f"{source}: tls_server_config.{inline_key}: give either {inline_key} or {file_key}, "
-            "not both"
-        )
-    if inline is not None:
-        key = f"tls_server_config.{inline_key}"
-        return Pem(key=key, data=_string(inline, source, key).encode("utf-8"), path=None)
-    if path_text is None or path_text == "":
-        return None
-    key = f"tls_server_config.{file_key}"
-    path = base_dir / _string(path_text, source, key)
-    try:
-        return Pem(key=key, data=path.read_bytes(), path=path)
-    except OSError as e:
-        raise WebConfigError(f"{source}: {key}: cannot read {path}: {_reason(e)}") from e
-
-
-@contextmanager
-def _pem_file(pem: Pem) -> Iterator[str]:
-    """A path `load_cert_chain` can read; inline PEM goes through an anonymous memory file."""
-    if pem.path is not None:
-        yield str(pem.path)
-        return
-    fd = os.memfd_create("blockpull-exporter-pem", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, pem.data)
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
-
-def _normalise_san(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value.strip()))
-    except ValueError:
-        return value
-
-
-def _mapping(value: object, source: str, key: str) -> dict[Any, Any]:
-    if not isinstance(value, dict):
-        where = key or "the top level"
-        raise WebConfigError(f"{source}: {where}: expected a mapping, got {_kind(value)}")
-    return value
-
-
-def _known_keys(raw: dict[Any, Any], known: set[str], source: str, prefix: str) -> None:
-    for name in raw:
-        if name not in known:
-            raise WebConfigError(
-                f"{source}: {prefix}{name}: unknown key; known keys: {', '.join(sorted(known))}"
+    def curve(self, fields: Fields) -> str | None:
+        if "curve_preferences" not in fields:
+            return None
+        path = f"{TLS}.curve_preferences"
+        node = fields["curve_preferences"][1]
+        names = self.strings(node, path, "curve names")
+        if not names:
+            return None
+        unknown = [name for name in names if name not in CURVES]
+        if unknown:
+            self.at(
+                node,
+                path,
+                f"unknown curve {unknown[0]!r}; known: {', '.join(CURVES)}",
             )
+            return None
+        if len(names) > 1:
+            self.at(
+                node,
+                path,
+                f"only one curve is supported (Python's ssl sets a single ECDH curve), got "
+                f"{len(names)}",
+            )
+            return None
+        return CURVES[names[0]]
+
+    # -- http_server_config and basic_auth_users ----------------------------------------
+
+    def http(self, node: Node) -> tuple[tuple[str, str], ...] | None:
+        path = "http_server_config"
+        fields = self.mapping(node, path, _HTTP_KEYS)
+        if fields is None:
+            return None
+        if "http2" in fields:
+            self.boolean(fields["http2"][1], f"{path}.http2")  # accepted and ignored
+        if not _given(fields, "headers"):
+            return ()
+        headers = self.mapping(fields["headers"][1], f"{path}.headers", tuple(_HEADERS))
+        if headers is None:
+            return None
+        result = []
+        for name, (_, value_node) in headers.items():
+            key = f"{path}.headers.{name}"
+            if not _given(headers, name):
+                continue  # blank: unset, as documented
+            text = self.string(value_node, key)
+            if text is None:
+                continue
+            accepted = _HEADERS[name]
+            if "\r" in text or "\n" in text:
+                self.at(value_node, key, "a header value cannot contain a line break")
+            elif accepted is not None and text.lower() not in accepted:
+                self.at(value_node, key, f"{text!r} is not one of {', '.join(sorted(accepted))}")
+            else:
+                result.append((name, text))
+        return tuple(result)
+
+    def users(self, node: Node) -> dict[str, bytes] | None:
+        path = "basic_auth_users"
+        if not isinstance(node, MappingNode):
+            self.at(node, path, f"expected a mapping of user names to hashes, got {describe(node)}")
+            return None
+        users = {}
+        for user, (_, hash_node) in self.entries(node, path, None).items():
+            key = join(path, user)
+            if ":" in user:
+                self.at(hash_node, key, "a user name cannot contain ':'")
+                continue
+            hashed = self.string(hash_node, key, "a bcrypt hash")
+            if hashed is None:
+                continue
+            if not _BCRYPT.match(hashed):
+                self.at(
+                    hash_node,
+                    key,
+                    "not a bcrypt hash (expected $2y$10$ followed by 53 characters, e.g. from "
+                    '`htpasswd -nBC 10 ""`); never put a plain password here',
+                )
+                continue
+            users[user] = hashed.encode("ascii")
+        return users
 
 
-def _string(value: object, source: str, key: str) -> str:
-    if not isinstance(value, str):
-        raise WebConfigError(f"{source}: {key}: expected a string, got {_kind(value)}")
-    return value
+def _given(fields: Fields, key: str) -> bool:
+    """The key is present with a value: nothing (null) and "" count as absent, as in Go."""
+    if key not in fields:
+        return False
+    node = fields[key][1]
+    return not (is_null(node) or (node.tag == STR and node.value == ""))
 
 
-def _string_list(value: object, source: str, key: str) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise WebConfigError(f"{source}: {key}: expected a list of strings, got {_kind(value)}")
-    return [_string(item, source, key) for item in value]
-
-
-def _tls_version(value: object, source: str, key: str) -> ssl.TLSVersion:
-    text = _string(value, source, key)
-    if text not in _TLS_VERSIONS:
-        raise WebConfigError(f"{source}: {key}: {text!r} is not one of {', '.join(_TLS_VERSIONS)}")
-    return _TLS_VERSIONS[text]
-
-
-def _kind(value: object) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    return str(e) or type(e).__name__
+def _name(version: ssl.TLSVersion) -> str:
+    return next(name for name, value in TLS_VERSIONS.items() if value == version)

@@ -1,36 +1,33 @@
-"""The HTTP(S) endpoint: /metrics, a landing page at /, basic auth and TLS from the web config.
+"""The HTTP(S) endpoint: accepts connections, bounded, and serves /metrics and the page at /.
 
-A thread per connection (`ThreadingHTTPServer`, daemon threads); the TLS handshake happens in
-that thread, not in the accept loop, so one slow or hostile client cannot stall the others.
-Responses only read what the callbacks return; nothing here touches libvirt.
+Basic auth and TLS come from the web config (the checks are in `auth` and `config`); the
+landing page and the metrics are callbacks given by the caller; `handler` serves each request.
+At most `WebLimits.max_connections` are served at once, each in its own thread (so a TLS
+handshake or a slow client never stalls the others); the rest wait in the kernel's listen
+backlog, and idle or slow ones give way to new clients (`slots`). Running out of file
+descriptors on accept is logged once and waited out, never fatal. Nothing here touches libvirt.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import gzip
-import hashlib
-import hmac
-import html
 import logging
-import secrets
+import selectors
 import socket
 import socketserver
 import ssl
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import bcrypt
-
-from exporter.daemon.snapshot import Snapshot
+from exporter.web.auth import basic_credentials
 from exporter.web.config import TLSConfig, WebConfig
+from exporter.web.handler import RequestHandler
+from exporter.web.limits import WebLimits
+from exporter.web.live_config import ActiveWebConfig, LiveWebConfig
+from exporter.web.slots import Connection, ConnectionSlots
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +35,12 @@ log = logging.getLogger(__name__)
 # of the libvirt exporters' 9177 and node_exporter's 9100 running on the same hosts.
 DEFAULT_LISTEN_ADDRESS = ":9855"
 
-# The Prometheus text exposition format, version 0.0.4.
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REALM = "blockpull-exporter"
-_ALLOW = "GET, HEAD"
-_TEXT = "text/plain; charset=utf-8"
-_HTML = "text/html; charset=utf-8"
-_HANDSHAKE_TIMEOUT = 10.0  # seconds a client gets to finish the TLS handshake
-_IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may idle (Prometheus scrapes every 15-60 s)
-_AUTH_CACHE_SIZE = 256  # successful (user, password) checks remembered
-_GZIP_LEVEL = 1  # ~2 ms for a 4,000-disk page, 18x smaller; higher levels gain little
-# A valid hash for unknown users, so they cost the same bcrypt time as known ones.
-_DUMMY_HASH = b"$2b$10$ajmdrwn2Rwve/pl6/mR4cuHmCvEIH7PtKsJumGZrdYkJc2oxebRde"
+_DEFAULT_LIMITS = WebLimits()
+_POLL_INTERVAL = 0.1  # seconds between checks for stop() in the accept loop
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.05, 1.0  # seconds between accepts while they fail
+# Seconds without a failed accept that end an episode: its recovery is logged, and a failure
+# after it is news again. Shorter gaps belong to the same episode and are not logged.
+_EPISODE_QUIET = 10.0
 _PLAIN_HTTP_ON_TLS = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
@@ -76,78 +67,11 @@ def parse_listen_address(address: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class BasicAuth:
-    """Checks credentials against bcrypt hashes, remembering recent successes.
-
-    bcrypt costs ~100 ms on purpose; paying that on every scrape would be a waste, so a
-    successful check is cached under an HMAC (random per-process key) of user, password and
-    hash: the cache never holds a password, and a changed hash misses it. Bounded, LRU.
-    """
-
-    def __init__(self, users: Mapping[str, bytes], cache_size: int = _AUTH_CACHE_SIZE) -> None:
-        self._users = dict(users)
-        self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[bytes, None] = OrderedDict()
-        self._cache_size = cache_size
-        self._lock = threading.Lock()
-
-    def check(self, user: str, password: str) -> bool:
-        hashed = self._users.get(user)
-        token = hmac.new(
-            self._key,
-            b"\0".join((user.encode(), password.encode(), hashed or b"")),
-            hashlib.sha256,
-        ).digest()
-        if hashed is not None:
-            with self._lock:
-                if token in self._cache:
-                    self._cache.move_to_end(token)
-                    return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), hashed or _DUMMY_HASH)
-        except ValueError:  # longer than bcrypt's 72 bytes, or a NUL: cannot match
-            ok = False
-        if not ok or hashed is None:
-            return False
-        with self._lock:
-            self._cache[token] = None
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return True
-
-    @property
-    def cached(self) -> int:
-        return len(self._cache)
-
-
-def render_landing_page(version: str, snapshot: Snapshot | None) -> str:
-    """The HTML at `/`: what this is, where the metrics are, and whether the policy is healthy."""
-    if snapshot is None:
-        status = "<p>Starting: no reconcile has run yet.</p>"
-    else:
-        policy = "loaded" if snapshot.policy_reload_ok else "last reload failed"
-        rows = [
-            ("Policy", f"{snapshot.policy_source} ({policy})"),
-            ("libvirt", "up" if snapshot.libvirt_up else "DOWN"),
-        ]
-        if snapshot.policy_error:
-            rows.append(("Policy error", snapshot.policy_error))
-        if snapshot.plan is not None:
-            rows.append(("Running block jobs", str(len(snapshot.jobs))))
-        status = "<table>{}</table>".format(
-            "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
-        )
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>blockpull-exporter</title>'
-        "</head><body>\n"
-        f"<h1>blockpull-exporter</h1>\n<p>Version {html.escape(version)}</p>\n"
-        '<p><a href="metrics">Metrics</a></p>\n'
-        f"{status}\n</body></html>\n"
-    )
-
-
 class WebServer:
-    """Serves until stop(); start() binds (port 0 picks a free port, see `port`)."""
+    """Serves until stop(); start() binds (port 0 picks a free port, see `port`).
+
+    With `config_file`, the web config is loaded again from it on `reload_config()` (SIGHUP)
+    and whenever it or a certificate file it names changes (`live_config`)."""
 
     def __init__(
         self,
@@ -155,13 +79,14 @@ class WebServer:
         web_config: WebConfig | None,
         render_metrics: Callable[[], bytes],
         landing_page: Callable[[], str],
+        limits: WebLimits = _DEFAULT_LIMITS,
+        config_file: Path | None = None,
     ) -> None:
+        self._limits = limits
         self._host, self._requested_port = parse_listen_address(listen_address)
         self._listen_address = listen_address
-        self._config = web_config or WebConfig(source="(none)")
-        self._ssl_context = self._config.ssl_context()
-        self._auth = (
-            BasicAuth(self._config.basic_auth_users) if self._config.basic_auth_users else None
+        self._live = LiveWebConfig(
+            web_config or WebConfig(source="(none)"), config_file, time.monotonic
         )
         self._render_metrics = render_metrics
         self._landing_page = landing_page
@@ -176,51 +101,58 @@ class WebServer:
 
     @property
     def scheme(self) -> str:
-        return "http" if self._ssl_context is None else "https"
+        return self._live.active.scheme
 
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("already started")
         family, address = _bind_address(self._host, self._requested_port)
-        self._server = _Server(address, family, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="web-server",
-            daemon=True,
-        )
+        self._server = _Server(address, family, self, self._limits)
+        self._thread = threading.Thread(target=self._server.serve, name="web-server", daemon=True)
         self._thread.start()
         log.info("listening on %s (%s, port %d)", self._listen_address, self.scheme, self.port)
 
     def stop(self) -> None:
         if self._server is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         if self._thread is not None:
             self._thread.join()
+        self._server.server_close()
         self._server = None
         self._thread = None
 
-    # Called by the handler threads.
+    def reload_config(self) -> None:
+        """Load the web config file again soon (safe to call from a signal handler)."""
+        self._live.request_reload()
+
+    # Called by the accept loop and the handler threads.
+
+    def refresh_config(self) -> None:
+        self._live.refresh()
+
+    @property
+    def active(self) -> ActiveWebConfig:
+        return self._live.active
 
     @property
     def tls(self) -> TLSConfig | None:
-        return self._config.tls
+        return self._live.active.config.tls
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
-        return self._ssl_context
+        return self._live.active.ssl_context
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
-        return self._config.headers
+        return self._live.active.config.headers
 
     def authorized(self, header: str | None) -> bool:
-        if self._auth is None:
+        auth = self._live.active.auth
+        if auth is None:
             return True
-        credentials = _basic_credentials(header)
-        return credentials is not None and self._auth.check(*credentials)
+        credentials = basic_credentials(header)
+        return credentials is not None and auth.check(*credentials)
 
     def metrics(self) -> bytes:
         return self._render_metrics()
@@ -253,69 +185,144 @@ def _ipv6_available() -> bool:
         return False
 
 
-def _basic_credentials(header: str | None) -> tuple[str, str] | None:
-    if not header:
-        return None
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    user, sep, password = decoded.partition(":")
-    return (user, password) if sep else None
+class _Server(socketserver.TCPServer):
+    """Binds and listens (socketserver); the accept loop and each connection's life are here."""
 
-
-def _accepts_gzip(header: str | None) -> bool:
-    for part in (header or "").split(","):
-        coding, _, params = part.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "*"):
-            q = params.strip().lower()
-            return not (q.startswith("q=") and _q_is_zero(q[2:]))
-    return False
-
-
-def _q_is_zero(text: str) -> bool:
-    try:
-        return float(text) == 0
-    except ValueError:
-        return False
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 64
+    allow_reuse_address = True
+    # The kernel's listen backlog (capped by net.core.somaxconn): clients wait there, holding
+    # no file of ours, while every slot is taken; a deep one lets a scrape in behind a flood.
+    request_queue_size = 1024
 
     def __init__(
-        self, address: tuple[Any, ...], family: socket.AddressFamily, app: WebServer
+        self,
+        address: tuple[Any, ...],
+        family: socket.AddressFamily,
+        app: WebServer,
+        limits: WebLimits,
     ) -> None:
         self.address_family = family
         self.app = app
-        super().__init__(address, _Handler)
+        self.limits = limits
+        self.slots = ConnectionSlots(limits.max_connections, limits.evictable_after)
+        self._stopping = threading.Event()
+        self._backoff = 0.0  # seconds waited after the last failed accept
+        self._last_failure: float | None = None  # monotonic; None: not in an episode
+        super().__init__(address, RequestHandler)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
             # Dual stack for "::"; harmless for a specific IPv6 address.
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        # Skip HTTPServer.server_bind: its getfqdn() can block on DNS at start.
         socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Runs in the connection's own thread.
-        context = self.app.ssl_context
-        if context is None:
-            super().finish_request(request, client_address)
+    def serve(self) -> None:
+        """Accept until stop(): a connection is accepted only once it has a slot."""
+        self.socket.setblocking(False)  # a client gone before accept() must not block the loop
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                self.app.refresh_config()  # before accepting: a new client gets the new config
+                if selector.select(_POLL_INTERVAL) and self.slots.take(_POLL_INTERVAL):
+                    self._accept()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _accept(self) -> None:
+        try:
+            sock, client = self.socket.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            self.slots.give_back()  # the client left before it was accepted
             return
-        tls = _handshake(request, context, self.app.tls, client_address)
-        if tls is None:
+        except OSError as error:  # EMFILE, ENFILE, ENOBUFS: wait for files to come back
+            self.slots.give_back()
+            self._accept_failed(error)
             return
         try:
-            super().finish_request(tls, client_address)
+            threading.Thread(
+                target=self._serve_connection, args=(sock, client), daemon=True
+            ).start()
+        except RuntimeError as error:  # no thread to be had: as short of resources as EMFILE
+            sock.close()
+            self.slots.give_back()
+            self._accept_failed(error)
+            return
+        self._backoff = 0.0
+        if self._last_failure is not None:
+            quiet = time.monotonic() - self._last_failure
+            if quiet >= _EPISODE_QUIET:
+                self._last_failure = None
+                log.warning("accepting connections again")
+
+    def _accept_failed(self, error: Exception) -> None:
+        """Logged once per episode, then waited out with a growing pause; never fatal."""
+        if self._last_failure is None:
+            log.warning(
+                "cannot accept connections: %s; retrying, and saying so once it works", error
+            )
+        self._last_failure = time.monotonic()
+        self._backoff = min(max(2 * self._backoff, _BACKOFF_FIRST), _BACKOFF_MAX)
+        self._stopping.wait(self._backoff)
+
+    def _serve_connection(self, sock: socket.socket, client: Any) -> None:
+        connection = Connection(sock)
+        self.slots.waiting(connection)
+        try:
+            active = self.app.active  # one config for the whole connection, reloads or not
+            if active.ssl_context is None:
+                self._handle(sock, client, connection)
+            else:
+                self._serve_tls(sock, client, connection, active)
+        except Exception:
+            self.handle_error(sock, client)
         finally:
+            self.slots.forget(connection)
+            self.shutdown_request(sock)
+            self.slots.give_back()
+
+    def _handle(self, sock: socket.socket, client: Any, connection: Connection) -> None:
+        RequestHandler(
+            sock,
+            client,
+            self,
+            endpoint=self.app,
+            limits=self.limits,
+            slots=self.slots,
+            connection=connection,
+        )
+
+    def _serve_tls(
+        self, sock: socket.socket, client: Any, connection: Connection, active: ActiveWebConfig
+    ) -> None:
+        context, tls_config = active.ssl_context, active.config.tls
+        assert context is not None
+        sock.settimeout(self.limits.handshake_timeout)  # the whole handshake, not each read
+        try:
+            first = sock.recv(1, socket.MSG_PEEK)
+            if not first:
+                return
+            if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP
+                sock.sendall(_PLAIN_HTTP_ON_TLS)
+                log.debug("plain HTTP from %s on the HTTPS port", client)
+                return
+            tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:  # ssl.SSLError and timeouts are OSErrors
+            log.debug("TLS handshake with %s failed: %s", client, e)
+            return
+        connection.sock = tls  # the descriptor is the TLS socket's now
+        try:
+            try:
+                tls.do_handshake()
+                allowed = tls_config is None or tls_config.allows_peer(tls.getpeercert())
+            except (OSError, ValueError) as e:
+                log.debug("TLS handshake with %s failed: %s", client, e)
+                return
+            if not allowed:
+                log.info("TLS client %s refused: no SAN in client_allowed_sans", client)
+                return
+            self._handle(tls, client, connection)
+        finally:
+            self.slots.forget(connection)  # before close: see ConnectionSlots.forget
             tls.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -326,137 +333,3 @@ class _Server(ThreadingHTTPServer):
             log.debug("connection from %s ended: %s", client_address, error)
         else:
             log.exception("unexpected error serving %s", client_address)
-
-
-def _handshake(
-    sock: socket.socket, context: ssl.SSLContext, tls: TLSConfig | None, client: Any
-) -> ssl.SSLSocket | None:
-    sock.settimeout(_HANDSHAKE_TIMEOUT)
-    try:
-        first = sock.recv(1, socket.MSG_PEEK)
-        if not first:
-            return None
-        if first != b"\x16":  # not a TLS handshake record: most likely plain HTTP
-            sock.sendall(_PLAIN_HTTP_ON_TLS)
-            log.debug("plain HTTP from %s on the HTTPS port", client)
-            return None
-        wrapped = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        try:
-            wrapped.do_handshake()
-            if tls is not None and not tls.allows_peer(wrapped.getpeercert()):
-                log.info("TLS client %s refused: no SAN in client_allowed_sans", client)
-                wrapped.close()
-                return None
-        except BaseException:
-            wrapped.close()
-            raise
-    except (OSError, ValueError) as e:  # ssl.SSLError and timeouts are OSErrors
-        log.debug("TLS handshake with %s failed: %s", client, e)
-        return None
-    wrapped.settimeout(_IDLE_TIMEOUT)
-    return wrapped
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: Prometheus reuses its connection
-    # Answer garbage with a real status line, never an HTTP/0.9 bare body.
-    default_request_version = "HTTP/1.0"
-    server_version = "blockpull-exporter"
-    timeout = _IDLE_TIMEOUT
-    server: _Server
-
-    def version_string(self) -> str:
-        return self.server_version  # no Python version in the Server header
-
-    def send_response_only(self, code: int, message: str | None = None) -> None:
-        if self.request_version == "HTTP/0.9":
-            # Said explicitly ("GET / HTTP/0.9"), http.server would answer with a bare body,
-            # no status line and no headers: answer as HTTP/1.0 and close instead.
-            self.request_version = "HTTP/1.0"
-            self.close_connection = True
-        super().send_response_only(code, message)
-
-    def do_GET(self) -> None:
-        self._serve(head=False)
-
-    def do_HEAD(self) -> None:
-        self._serve(head=True)
-
-    def __getattr__(self, name: str) -> Any:
-        # http.server looks up do_<METHOD>; every method but GET and HEAD gets a 405.
-        if name.startswith("do_"):
-            return self._method_not_allowed
-        raise AttributeError(name)
-
-    def _method_not_allowed(self) -> None:
-        if self._authorized():
-            self._respond(
-                HTTPStatus.METHOD_NOT_ALLOWED,
-                b"Method not allowed; use GET or HEAD.\n",
-                extra=(("Allow", _ALLOW),),
-            )
-
-    def _serve(self, *, head: bool) -> None:
-        if not self._authorized():
-            return
-        try:
-            response = self._route(urlsplit(self.path).path)
-        except Exception:  # a bug in a callback: answer 500, keep serving
-            log.exception("serving %s failed", self.path)
-            response = (HTTPStatus.INTERNAL_SERVER_ERROR, b"Internal error.\n", _TEXT, ())
-        # Outside the try: a client gone mid-write is the server's business (handle_error).
-        self._respond(*response, head=head)
-
-    def _route(self, path: str) -> tuple[HTTPStatus, bytes, str, tuple[tuple[str, str], ...]]:
-        app = self.server.app
-        if path == "/metrics":
-            body = app.metrics()
-            extra: tuple[tuple[str, str], ...] = (("Vary", "Accept-Encoding"),)
-            if _accepts_gzip(self.headers.get("Accept-Encoding")):
-                body = gzip.compress(body, compresslevel=_GZIP_LEVEL, mtime=0)
-                extra += (("Content-Encoding", "gzip"),)
-            return HTTPStatus.OK, body, CONTENT_TYPE, extra
-        if path == "/":
-            return HTTPStatus.OK, app.landing_page().encode("utf-8"), _HTML, ()
-        return HTTPStatus.NOT_FOUND, b"Not found; try /metrics.\n", _TEXT, ()
-
-    def _authorized(self) -> bool:
-        if self.server.app.authorized(self.headers.get("Authorization")):
-            return True
-        self._respond(
-            HTTPStatus.UNAUTHORIZED,
-            b"Unauthorized.\n",
-            extra=(("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"'),),
-            head=self.command == "HEAD",
-        )
-        return False
-
-    def _respond(
-        self,
-        status: HTTPStatus,
-        body: bytes,
-        content_type: str = _TEXT,
-        extra: tuple[tuple[str, str], ...] = (),
-        *,
-        head: bool = False,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in extra:
-            self.send_header(name, value)
-        if status >= 400 and self.command not in ("GET", "HEAD"):
-            # The request body (if any) was not read: do not reuse the connection.
-            self.send_header("Connection", "close")
-            self.close_connection = True
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def end_headers(self) -> None:
-        for name, value in self.server.app.headers:
-            self.send_header(name, value)
-        super().end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)

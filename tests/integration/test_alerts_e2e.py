@@ -1,57 +1,51 @@
 """A real failing pull makes a real Prometheus, loaded with prometheus/alerts.yml as shipped,
 fire BlockpullJobFailed; once the backing store is back, the daemon's retry succeeds.
 
-The failing backing store (DESIGN.md): the disk's base is a raw image served by qemu-nbd; the
+The failing backing store: the disk's base is a raw image served by qemu-nbd; the
 daemon starts a throttled pull of the overlay above it, and qemu-nbd is killed mid-pull, so
 QEMU's reads fail and libvirt reports the job failed. qemu-nbd is then restarted on the same
 port and the retry (policy backoff 2 s) completes the pull.
 
-The rules file is an unchanged copy of prometheus/alerts.yml. BlockpullJobFailed has no `for:`
-today; the test reads the rule's `for` and waits it out, and refuses (rather than waits) if it
-ever grows beyond a minute.
+The rules file is a copy of prometheus/alerts.yml with one change: BlockpullJobFailed's `for:`
+(5m as shipped, so that a blip does not notify) is cut to TEST_FOR, so the test waits seconds
+instead of minutes; its expression, labels and annotations are those shipped. promtool's tests
+(prometheus/alerts_test.yml) cover the shipped `for:`.
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
 from pathlib import Path
 
-import helpers
-import pytest
 import yaml
-from conftest import Domains
-from exporter_process import ExporterProcess, policy_for_domains, running_exporter
-from helpers import DiskSpec
-from prometheus_server import ALERTS, PrometheusServer, free_port, rules_copy, running_prometheus
+from harness.daemon_process import DaemonProcess, running_daemon_process
+from harness.failing_storage import NbdServer
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy_for_domains
+from harness.prometheus_server import PrometheusServer, rules_copy, running_prometheus
+from harness.qemu_images import create_overlay, create_raw_base, same_content
 
 from exporter.core.model import DiskKey
 
 ALERT = "BlockpullJobFailed"
-MAX_FOR_SECONDS = 60.0
+TEST_FOR = "10s"
 # 32 MiB at 2 MiB/s: ~16 s, so the kill lands mid-pull even on a loaded machine.
 POLICY_BANDWIDTH = "2MiB/s"
 PROGRESS = ["--progress.interval", "0.5"]
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def rule_for_seconds(alerts: Path, alert: str) -> float:
-    """The `for:` of `alert` in the rules file, in seconds (0 when it has none)."""
-    for group in yaml.safe_load(alerts.read_text())["groups"]:
-        for rule in group["rules"]:
-            if rule.get("alert") == alert:
-                text = str(rule.get("for", "0s"))
-                return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION.findall(text))
-    raise KeyError(f"{alert} is not in {alerts}")
+def rules_with_short_for(workdir: Path) -> Path:
+    """The shipped rules with ALERT's `for:` cut to TEST_FOR (and nothing else changed)."""
+    rules = yaml.safe_load(rules_copy(workdir).read_text())
+    matching = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == ALERT]
+    assert len(matching) == 1 and "for" in matching[0], f"{ALERT} must be shipped with a for:"
+    matching[0]["for"] = TEST_FOR
+    path = workdir / "alerts.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False))
+    return path
 
 
-@pytest.fixture
-def nbd_port() -> int:
-    return free_port()
-
-
-def _context(daemon: ExporterProcess, prometheus: PrometheusServer) -> str:
+def _context(daemon: DaemonProcess, prometheus: PrometheusServer) -> str:
     return f"{daemon.describe()}\n{prometheus.describe()}"
 
 
@@ -60,26 +54,24 @@ def _labels(key: DiskKey) -> str:
 
 
 def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
     tmp_path: Path,
-    nbd_port: int,
-    nbd_processes: list[subprocess.Popen[bytes]],
+    nbd_servers: list[NbdServer],
 ) -> None:
-    alert_for = rule_for_seconds(ALERTS, ALERT)
-    assert alert_for <= MAX_FOR_SECONDS, f"{ALERT} for: {alert_for} s is too long to wait out"
-    base = helpers.create_raw_base(image_folder, fill_mib=32)
-    export = "base"
-    nbd_processes.append(helpers.start_nbd(base, nbd_port, export))
-    top = helpers.create_nbd_overlay(image_folder, f"nbd://127.0.0.1:{nbd_port}/{export}")
+    base = create_raw_base(image_folder, fill_mib=32)
+    nbd = NbdServer(base)
+    nbd_servers.append(nbd)
+    nbd.start()
+    top = create_overlay(nbd.url, image_folder / "nbd-top.qcow2", backing_format="raw")
     key = DiskKey(domains.start("alert", [DiskSpec("vda", top)]).name(), "vda")
     # Several attempts: QEMU's NBD client may fail the first retry while it reconnects.
     policy = policy_for_domains(
         [key.domain], bandwidth=POLICY_BANDWIDTH, max_attempts=8, backoff="2s"
     )
-    rules = rules_copy(tmp_path)
+    rules = rules_with_short_for(tmp_path)
     with (
-        running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon,
+        running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon,
         running_prometheus([daemon.address], tmp_path / "prometheus", rules) as prometheus,
     ):
         labels = _labels(key)
@@ -93,13 +85,13 @@ def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
             what=f"failed_total 0 and a moving cursor for {key} in Prometheus",
             details=daemon.describe(),
         )
-        helpers.stop_nbd(nbd_processes[0])  # the backing store dies mid-pull
+        nbd.kill()  # the backing store dies mid-pull
         daemon.wait_value("blockpull_jobs_failed_total", at_least=1, timeout=60, key=key)
-        nbd_processes.append(helpers.start_nbd(base, nbd_port, export))  # and comes back
+        nbd.start()  # and comes back, on the same port
 
         prometheus.wait_until(
             lambda: bool(prometheus.firing(ALERT, domain=key.domain, disk=key.disk)),
-            timeout=alert_for + 60,
+            timeout=70,
             what=f"{ALERT} firing for {key} in /api/v1/alerts",
             details=daemon.describe(),
         )
@@ -118,4 +110,4 @@ def test_failed_pull_fires_job_failed_alert_and_retry_succeeds_after_restore(
     assert value("blockpull_disk_consecutive_failures") == 0, context  # reset by the success
     assert value("blockpull_disk_backing_depth") == 0, context  # the NBD base is not needed
     domains.stop(key.domain)  # QEMU flushes the overlay; then its content is the base's
-    assert helpers.same_content(top, base), f"{top} differs from {base}"
+    assert same_content(top, base), f"{top} differs from {base}"

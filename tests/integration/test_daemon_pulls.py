@@ -11,21 +11,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import helpers
 import libvirt
 import pytest
-from conftest import Domains
-from daemon import (
-    Daemon,
-    JobSampler,
-    live_chain,
-    policy,
-    rule,
-    running_daemon,
-    start_with_chains,
-    wait_until,
-)
-from helpers import MIB
+from harness.ground_truth import JobSampler, live_chain
+from harness.in_process_daemon import InProcessDaemon, running_in_process
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy, rule
+from harness.qemu_images import MIB, create_chain, flatten, run, same_content
+from harness.waiting import wait_until
 
 from exporter.core.decisions import AbortReason, DiskState
 from exporter.core.model import DiskKey, JobEvent, JobOutcome
@@ -37,7 +31,7 @@ def _within(rate: float, target: float) -> bool:
     return abs(rate - target) <= RATE_TOLERANCE * target
 
 
-def _rate_message(rate: float, seconds: float, target: float, daemon: Daemon) -> str:
+def _rate_message(rate: float, seconds: float, target: float, daemon: InProcessDaemon) -> str:
     return (
         f"{rate / MIB:.2f} MiB/s over {seconds:.1f} s against {target / MIB:.2f} MiB/s"
         f" (foreign jobs taking budget: {daemon.foreign_jobs()})"
@@ -45,12 +39,12 @@ def _rate_message(rate: float, seconds: float, target: float, daemon: Daemon) ->
 
 
 def test_a_full_pull_makes_the_disk_independent_and_is_counted_once(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    [(key, chain)] = start_with_chains(domains, image_folder, "full", [16]).items()
+    [(key, chain)] = domains.start_with_chains("full", [16]).items()
     assert live_chain(libvirt_conn, key) == chain.backing
     text = policy(rule("mine", [key.domain]), bandwidth="16MiB/s")
-    with running_daemon(text, image_folder, only=[key.domain]) as daemon:
+    with running_in_process(text, image_folder, only=[key.domain]) as daemon:
         daemon.wait_completed([key], timeout=30)
         time.sleep(2.0)  # two more resyncs: an outcome must not be counted again
         counters = daemon.snapshot.counters
@@ -62,13 +56,13 @@ def test_a_full_pull_makes_the_disk_independent_and_is_counted_once(
 
 
 def test_a_partial_pull_with_keep_base_leaves_exactly_that_base(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    [(key, chain)] = start_with_chains(domains, image_folder, "part", [16], depth=2).items()
+    [(key, chain)] = domains.start_with_chains("part", [16], depth=2).items()
     assert len(live_chain(libvirt_conn, key)) == 2
     keep = f"{image_folder}/*-base.qcow2"
     text = policy(rule("mine", [key.domain], keep_base=keep), bandwidth="16MiB/s")
-    with running_daemon(text, image_folder, only=[key.domain]) as daemon:
+    with running_in_process(text, image_folder, only=[key.domain]) as daemon:
         daemon.wait_completed([key], timeout=30)
         calls = daemon.host.calls_of("start_pull", key)
         counters = daemon.snapshot.counters
@@ -81,31 +75,31 @@ def test_a_partial_pull_with_keep_base_leaves_exactly_that_base(
 
 @pytest.mark.parametrize("keep_base", [False, True], ids=["full", "keep_base"])
 def test_the_guest_sees_the_same_bytes_after_the_pull(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path, keep_base: bool
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path, keep_base: bool
 ) -> None:
     # Base and mid hold different patterns: a pull down to the wrong base would show.
-    chain = helpers.create_chain(image_folder, name="data", depth=2, size_mib=64, fill_mib=16)
-    before = helpers.flatten(chain.top, image_folder / "before.raw")  # no QEMU has it open yet
-    name = domains.start("data", [helpers.DiskSpec("vda", chain.top)]).name()
+    chain = create_chain(image_folder, name="data", depth=2, size_mib=64, fill_mib=16)
+    before = flatten(chain.top, image_folder / "before.raw")  # no QEMU has it open yet
+    name = domains.start("data", [DiskSpec("vda", chain.top)]).name()
     key = DiskKey(name, "vda")
     fields = {"keep_base": str(chain.base)} if keep_base else {}
     text = policy(rule("mine", [name], **fields), bandwidth="16MiB/s")
-    with running_daemon(text, image_folder, only=[name]) as daemon:
+    with running_in_process(text, image_folder, only=[name]) as daemon:
         daemon.wait_completed([key], timeout=30)
     expected = (str(chain.base),) if keep_base else ()
     assert live_chain(libvirt_conn, key) == expected
     domains.stop(name)  # QEMU flushes the qcow2 metadata on its way out
-    assert helpers.same_content(before, chain.top)
+    assert same_content(before, chain.top)
 
 
 def test_a_single_pull_runs_at_the_budget(
-    domains: Domains, image_folder: Path, record_property: pytest.RecordProperty
+    domains: Lab, image_folder: Path, record_property: pytest.RecordProperty
 ) -> None:
     budget = 4 * MIB
-    [key] = start_with_chains(domains, image_folder, "rate", [48])  # ~12 s at 4 MiB/s
+    [key] = domains.start_with_chains("rate", [48])  # ~12 s at 4 MiB/s
     text = policy(rule("mine", [key.domain]), bandwidth="4MiB/s")
     with (
-        running_daemon(text, image_folder, only=[key.domain]) as daemon,
+        running_in_process(text, image_folder, only=[key.domain]) as daemon,
         JobSampler([key]) as sampler,
     ):
 
@@ -121,16 +115,16 @@ def test_a_single_pull_runs_at_the_budget(
 
 
 def test_two_pulls_share_the_budget_and_the_survivor_gets_all_when_one_ends(
-    domains: Domains, image_folder: Path, record_property: pytest.RecordProperty
+    domains: Lab, image_folder: Path, record_property: pytest.RecordProperty
 ) -> None:
     # Two domains: two pulls in one QEMU 7.2 that finish together can crash it (see report).
     budget = 4 * MIB
-    [short] = start_with_chains(domains, image_folder, "short", [16])
-    [long] = start_with_chains(domains, image_folder, "long", [44])
+    [short] = domains.start_with_chains("short", [16])
+    [long] = domains.start_with_chains("long", [44])
     names = [short.domain, long.domain]
     text = policy(rule("mine", names), bandwidth="4MiB/s")
     with (
-        running_daemon(text, image_folder, only=names) as daemon,
+        running_in_process(text, image_folder, only=names) as daemon,
         JobSampler([short, long]) as sampler,
     ):
         daemon.wait_completed([short], timeout=30)  # 16 MiB at 2 MiB/s: ~8 s
@@ -150,7 +144,7 @@ def test_two_pulls_share_the_budget_and_the_survivor_gets_all_when_one_ends(
         rate_after = (after[-1].job.cur - after[0].job.cur) / (after[-1].at - after[0].at)
         sec_after = after[-1].at - after[0].at
         calls = [
-            (c.name, c.key.domain[-5:], c.bandwidth, round(c.at - ended, 3))
+            (c.name, c.key.domain[-5:], c.bandwidth, round(c.returned - ended, 3))
             for c in daemon.host.calls
         ]
         events = [(type(e.event).__name__, round(e.at - ended, 3)) for e in daemon.host.events]
@@ -169,14 +163,14 @@ def test_two_pulls_share_the_budget_and_the_survivor_gets_all_when_one_ends(
 
 
 def test_never_more_pulls_run_than_max_concurrent(
-    domains: Domains, image_folder: Path, record_property: pytest.RecordProperty
+    domains: Lab, image_folder: Path, record_property: pytest.RecordProperty
 ) -> None:
     # One disk per domain: two pulls in one QEMU 7.2 that finish together can crash it.
-    keys = [k for i in range(4) for k in start_with_chains(domains, image_folder, f"q{i}", [8])]
+    keys = [k for i in range(4) for k in domains.start_with_chains(f"q{i}", [8])]
     names = [k.domain for k in keys]
     text = policy(rule("mine", names), bandwidth="8MiB/s", max_concurrent=2)
     with (
-        running_daemon(text, image_folder, only=names) as daemon,
+        running_in_process(text, image_folder, only=names) as daemon,
         JobSampler(keys) as sampler,
     ):
         daemon.wait_completed(keys, timeout=60)  # 4 x 8 MiB at 4 MiB/s each, 2 at once: ~4 s
@@ -191,11 +185,11 @@ def test_never_more_pulls_run_than_max_concurrent(
 
 
 def test_unselected_and_ignored_disks_are_never_touched(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    pulled, unselected_disk = start_with_chains(domains, image_folder, "sel", [32, 16])
-    [ignored] = start_with_chains(domains, image_folder, "ign", [16])
-    [unlisted] = start_with_chains(domains, image_folder, "unl", [16])
+    pulled, unselected_disk = domains.start_with_chains("sel", [32, 16])
+    [ignored] = domains.start_with_chains("ign", [16])
+    [unlisted] = domains.start_with_chains("unl", [16])
     untouched = [unselected_disk, ignored, unlisted]
     chains_before = {k: live_chain(libvirt_conn, k) for k in untouched}
     text = policy(
@@ -204,7 +198,10 @@ def test_unselected_and_ignored_disks_are_never_touched(
         bandwidth="64MiB/s",
         max_concurrent=8,  # the whole host is seen here: others' jobs must not starve ours
     )
-    with running_daemon(text, image_folder) as daemon, JobSampler([pulled, *untouched]) as sampler:
+    with (
+        running_in_process(text, image_folder) as daemon,
+        JobSampler([pulled, *untouched]) as sampler,
+    ):
         daemon.wait_completed([pulled], timeout=30)
         time.sleep(1.5)  # another resync or two
         states = {k: daemon.state(k) for k in untouched}
@@ -217,15 +214,15 @@ def test_unselected_and_ignored_disks_are_never_touched(
 
 
 def test_a_pull_started_by_hand_is_adopted_and_rethrottled(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    [key] = start_with_chains(domains, image_folder, "hand", [24])
-    helpers.run("virsh", "-c", helpers.URI, "blockpull", key.domain, key.disk, "--bandwidth", "1")
+    [key] = domains.start_with_chains("hand", [24])
+    run("virsh", "-c", URI, "blockpull", key.domain, key.disk, "--bandwidth", "1")
     text = policy(rule("mine", [key.domain]), bandwidth="4MiB/s")
     with JobSampler([key]) as sampler:
         wait_until(lambda: sampler.ever_ran(key), 5, "the hand-made pull")
         assert sampler.running(key)[0].job.bandwidth == 1 * MIB  # virsh takes MiB/s
-        with running_daemon(text, image_folder, only=[key.domain]) as daemon:
+        with running_in_process(text, image_folder, only=[key.domain]) as daemon:
             daemon.wait_completed([key], timeout=40)
             counters = daemon.snapshot.counters
             calls = list(daemon.host.calls)
@@ -239,13 +236,13 @@ def test_a_pull_started_by_hand_is_adopted_and_rethrottled(
 
 
 def test_a_domain_destroyed_mid_pull_is_counted_aborted_and_the_others_continue(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    [doomed] = start_with_chains(domains, image_folder, "doomed", [24])
-    [other] = start_with_chains(domains, image_folder, "other", [24])
+    [doomed] = domains.start_with_chains("doomed", [24])
+    [other] = domains.start_with_chains("other", [24])
     text = policy(rule("mine", [doomed.domain, other.domain]), bandwidth="4MiB/s")
     with (
-        running_daemon(text, image_folder, only=[doomed.domain, other.domain]) as daemon,
+        running_in_process(text, image_folder, only=[doomed.domain, other.domain]) as daemon,
         JobSampler([doomed, other]) as sampler,
     ):
 
@@ -277,12 +274,12 @@ def test_a_domain_destroyed_mid_pull_is_counted_aborted_and_the_others_continue(
 
 
 def test_the_next_queued_pull_starts_promptly_after_one_completes(
-    domains: Domains, image_folder: Path, record_property: pytest.RecordProperty
+    domains: Lab, image_folder: Path, record_property: pytest.RecordProperty
 ) -> None:
-    first, second = start_with_chains(domains, image_folder, "queue", [8, 8])
+    first, second = domains.start_with_chains("queue", [8, 8])
     text = policy(rule("mine", [first.domain]), bandwidth="8MiB/s", max_concurrent=1)
     with (
-        running_daemon(text, image_folder, only=[first.domain]) as daemon,
+        running_in_process(text, image_folder, only=[first.domain]) as daemon,
         JobSampler([second], 0.02) as sampler,
     ):
         daemon.wait_completed([first, second], timeout=30)
@@ -296,10 +293,10 @@ def test_the_next_queued_pull_starts_promptly_after_one_completes(
         and e.event.outcome is JobOutcome.COMPLETED
     )
     seen_at = sampler.running(second)[0].at
-    record_property("event_to_start_call_s", round(starts[0].at - completed_at, 3))
+    record_property("event_to_start_call_s", round(starts[0].returned - completed_at, 3))
     record_property("event_to_first_sighting_s", round(seen_at - completed_at, 3))
     print(  # the figure the brief asks for; -s shows it
-        f"\nreaction: start_pull returned {starts[0].at - completed_at:.3f} s and the job was"
+        f"\nreaction: start_pull returned {starts[0].returned - completed_at:.3f} s and the job was"
         f" first seen {seen_at - completed_at:.3f} s after the COMPLETED event"
     )
     assert len(starts) == 1

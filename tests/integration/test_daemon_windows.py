@@ -11,22 +11,17 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import Domains
-from daemon import (
-    JobSampler,
-    live_chain,
-    policy,
-    rule,
-    running_daemon,
-    start_with_chains,
-    wait_until,
-)
-from helpers import MIB
+from harness.ground_truth import JobSampler, live_chain
+from harness.in_process_daemon import running_in_process
+from harness.libvirt_lab import Lab
+from harness.policy_files import policy, rule
+from harness.qemu_images import MIB
+from harness.waiting import wait_until
 
 from exporter.core.clock import OffsetClock
 from exporter.core.decisions import AbortReason, DiskState
 
-WINDOW = '  ten: {days: daily, from: "10:00", to: "10:01"}\n'
+WINDOW = {"ten": {"days": "daily", "from": "10:00", "to": "10:01"}}
 OPENS = datetime(2026, 3, 10, 10, 0, tzinfo=UTC)  # a Tuesday; the window is daily anyway
 CLOSES = OPENS + timedelta(minutes=1)
 
@@ -37,16 +32,16 @@ def _window_policy(name: str) -> str:
 
 def test_a_pull_waits_for_its_window_and_starts_when_it_opens(
     libvirt_conn: libvirt.virConnect,
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
     record_property: pytest.RecordProperty,
 ) -> None:
-    [key] = start_with_chains(domains, image_folder, "opens", [8])
+    [key] = domains.start_with_chains("opens", [8])
     clock = OffsetClock.reading(OPENS - timedelta(seconds=3))
     opens_at = time.monotonic() + OPENS.timestamp() - clock.time()  # the opening in real time
     text = _window_policy(key.domain)
     with (
-        running_daemon(text, image_folder, clock, only=[key.domain]) as daemon,
+        running_in_process(text, image_folder, clock, only=[key.domain]) as daemon,
         JobSampler([key]) as sampler,
     ):
         wait_until(lambda: daemon.state(key) is not None, 5, "the first plan")
@@ -68,16 +63,16 @@ def test_a_pull_waits_for_its_window_and_starts_when_it_opens(
 
 def test_a_pull_aborted_when_its_window_closes_resumes_in_the_next_and_completes_once(
     libvirt_conn: libvirt.virConnect,
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
     record_property: pytest.RecordProperty,
 ) -> None:
     # 32 MiB at 2 MiB/s need ~16 s; the window closes 5 s after the start.
-    [key] = start_with_chains(domains, image_folder, "closes", [32])
+    [key] = domains.start_with_chains("closes", [32])
     clock = OffsetClock.reading(CLOSES - timedelta(seconds=5))
     text = _window_policy(key.domain)
     with (
-        running_daemon(text, image_folder, clock, only=[key.domain]) as daemon,
+        running_in_process(text, image_folder, clock, only=[key.domain]) as daemon,
         JobSampler([key]) as sampler,
     ):
         wait_until(
@@ -97,7 +92,7 @@ def test_a_pull_aborted_when_its_window_closes_resumes_in_the_next_and_completes
         )
         daemon.wait_completed([key], timeout=30)
         starts = daemon.host.calls_of("start_pull", key)
-        second_run = [s for s in sampler.running(key) if s.at > starts[1].at - 0.5]
+        second_run = [s for s in sampler.running(key) if s.at > starts[1].returned - 0.5]
         counters = daemon.snapshot.counters
     copied = first_run[-1].job.cur if first_run[-1].job else 0
     resumed_at = second_run[0].job.cur if second_run[0].job else 0

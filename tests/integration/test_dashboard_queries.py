@@ -15,27 +15,18 @@ The policy names only this test's domains: other suites share this libvirtd.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import helpers
-from conftest import Domains
-from exporter_process import policy_for_domains, running_exporter
-from helpers import DiskSpec
-from prometheus_server import PrometheusServer, free_port, running_prometheus
+from dashboard_queries import NEEDS_STATE, concrete_expr, dashboard_queries
+from harness.daemon_process import running_daemon_process
+from harness.failing_storage import NbdServer
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy_for_domains
+from harness.prometheus_server import PrometheusServer, running_prometheus
+from harness.qemu_images import create_chain, create_overlay, create_raw_base
 
 from exporter.core.model import DiskKey
-
-try:
-    from tests.dashboard_queries import NEEDS_STATE, concrete_expr, dashboard_queries
-except ImportError:  # tests/ is not a package in this layout: import it from its folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from dashboard_queries import (  # type: ignore[no-redef]
-        NEEDS_STATE,
-        concrete_expr,
-        dashboard_queries,
-    )
 
 # What Grafana substitutes on a default view; the datasource is not part of any expr.
 VARIABLES = {"instance": ".*", "domain": ".*", "__rate_interval": "1m", "__interval": "1m"}
@@ -51,21 +42,21 @@ def _empty_queries(prometheus: PrometheusServer) -> list[tuple[str, str]]:
 
 
 def test_every_dashboard_query_returns_data_while_pulls_run_and_one_fails(
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
     tmp_path: Path,
-    nbd_processes: list[subprocess.Popen[bytes]],
+    nbd_servers: list[NbdServer],
 ) -> None:
     assert set(NEEDS_STATE) <= {title for title, _ in dashboard_queries()}, "stale NEEDS_STATE"
-    chain = helpers.create_chain(image_folder, name="slow", size_mib=256, fill_mib=128)
+    chain = create_chain(image_folder, name="slow", size_mib=256, fill_mib=128)
     running = DiskKey(domains.start("dash-pull", [DiskSpec("vda", chain.top)]).name(), "vda")
 
-    port = free_port()
-    base = helpers.create_raw_base(image_folder, fill_mib=8)
-    nbd_processes.append(helpers.start_nbd(base, port, "base"))
-    top = helpers.create_nbd_overlay(image_folder, f"nbd://127.0.0.1:{port}/base")
+    nbd = NbdServer(create_raw_base(image_folder, fill_mib=8))
+    nbd_servers.append(nbd)
+    nbd.start()
+    top = create_overlay(nbd.url, image_folder / "nbd-top.qcow2", backing_format="raw")
     failing = DiskKey(domains.start("dash-fail", [DiskSpec("vda", top)]).name(), "vda")
-    helpers.stop_nbd(nbd_processes[0])  # QEMU opened it; its reads now fail
+    nbd.kill()  # QEMU opened it; its reads now fail
 
     # 4 MiB/s shared by the running pull (and the failing one's brief attempts): 128 MiB last
     # the whole test. Two attempts, then the failing disk gives up (and stays failed). An
@@ -78,7 +69,7 @@ def test_every_dashboard_query_returns_data_while_pulls_run_and_one_fails(
         window="always",
     )
     with (
-        running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon,
+        running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon,
         running_prometheus([daemon.address], tmp_path / "prometheus") as prometheus,
     ):
         daemon.wait_value(

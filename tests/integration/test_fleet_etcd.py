@@ -18,12 +18,10 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from conftest import Domains
-from daemon import live_chain, start_with_chains
-from delay_proxy import delayed
-from etcd_cluster import EtcdCluster, etcd_cluster
-from exporter_process import ExporterProcess, parse_metrics
-from fleet_lab import (
+from harness.daemon_process import DaemonProcess, parse_metrics
+from harness.delay_proxy import delayed
+from harness.etcd_cluster import EtcdCluster, etcd_cluster
+from harness.fleet_lab import (
     GROUP,
     HELD_PULLS,
     FleetSampler,
@@ -33,9 +31,11 @@ from fleet_lab import (
     longest_violation,
     sim_daemons,
 )
+from harness.ground_truth import live_chain
+from harness.libvirt_lab import Lab
 
 from exporter.fleet.agent import hold_margin
-from exporter.hosts.sim.world import MiB
+from exporter.hosts.sim.records import MiB
 
 TTL = 6.0
 GROUP_MAX = 3
@@ -53,7 +53,7 @@ def cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
 
 def daemons_on(
     cluster: EtcdCluster, tmp_path: Path, count: int = 3, url: str | None = None
-) -> contextlib.AbstractContextManager[list[ExporterProcess]]:
+) -> contextlib.AbstractContextManager[list[DaemonProcess]]:
     return sim_daemons(
         tmp_path / "hosts",
         count,
@@ -75,7 +75,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - began
 
 
-def held_pulls(daemons: Sequence[ExporterProcess]) -> float:
+def held_pulls(daemons: Sequence[DaemonProcess]) -> float:
     """Group pulls the daemons that answer hold now, summed."""
     labels = frozenset({("group", GROUP)})
     total = 0.0
@@ -86,7 +86,7 @@ def held_pulls(daemons: Sequence[ExporterProcess]) -> float:
     return total
 
 
-def coordination_lost_aborts(daemons: Sequence[ExporterProcess]) -> float:
+def coordination_lost_aborts(daemons: Sequence[DaemonProcess]) -> float:
     total = 0.0
     for daemon in daemons:
         for (name, labels), value in daemon.samples().items():
@@ -109,7 +109,7 @@ def mean_utilisation(sweeps: Sequence[Sweep]) -> float:
     return sum(min(s.bandwidth, GROUP_BANDWIDTH) for s in sweeps) / len(sweeps) / GROUP_BANDWIDTH
 
 
-def group_full(daemons: Sequence[ExporterProcess]) -> Callable[[], bool]:
+def group_full(daemons: Sequence[DaemonProcess]) -> Callable[[], bool]:
     return lambda: held_pulls(daemons) == GROUP_MAX
 
 
@@ -117,10 +117,10 @@ def test_daemons_on_simulated_and_real_hosts_share_a_group_within_its_limits(
     cluster: EtcdCluster,
     tmp_path: Path,
     libvirt_conn: libvirt.virConnect,
-    domains: Domains,
+    domains: Lab,
     image_folder: Path,
 ) -> None:
-    [(key, _)] = start_with_chains(domains, image_folder, "fleet", [48]).items()
+    [(key, _)] = domains.start_with_chains("fleet", [48]).items()
     real_policy = fleet_policy(
         group_bandwidth="24MiB/s",
         group_max_concurrent=GROUP_MAX,
@@ -128,7 +128,7 @@ def test_daemons_on_simulated_and_real_hosts_share_a_group_within_its_limits(
         domains=[key.domain],
         paths=[f"{image_folder}/*"],
     )
-    real = ExporterProcess(
+    real = DaemonProcess(
         tmp_path / "real", "qemu:///system", coordination_args(cluster.gateway_url, TTL)
     )
     real.workdir.mkdir()

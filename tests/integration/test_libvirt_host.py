@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import helpers
 import libvirt
 import pytest
-from conftest import Domains, HostUnderTest
-from helpers import MIB, Chain, DiskSpec
+from conftest import HostUnderTest
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.own_names import unique_name
+from harness.qemu_images import (
+    MIB,
+    Chain,
+    backing_file_name,
+    create_chain,
+    flatten,
+    same_content,
+)
+from harness.waiting import next_item, wait_for
 
 from exporter.core.model import (
     BlockJob,
@@ -35,9 +46,9 @@ SLOW = 1 * MIB  # a 32 MiB pull at this speed lasts ~32 s: long enough to act on
 
 
 def _domain_with_chain(
-    domains: Domains, folder: Path, depth: int = 1, relative: bool = False
+    domains: Lab, folder: Path, depth: int = 1, relative: bool = False
 ) -> tuple[DiskKey, Chain]:
-    chain = helpers.create_chain(folder, depth=depth, relative=relative)
+    chain = create_chain(folder, depth=depth, relative=relative)
     dom = domains.start("pull", [DiskSpec("vda", chain.top)])
     return DiskKey(dom.name(), "vda"), chain
 
@@ -51,13 +62,11 @@ def _job(ut: HostUnderTest, key: DiskKey) -> BlockJob | None:
 
 
 def _job_event(ut: HostUnderTest, key: DiskKey, timeout: float = 30.0) -> HostEvent | None:
-    return helpers.next_event(
-        ut.events, lambda e: isinstance(e, JobEvent) and e.key == key, timeout
-    )
+    return next_item(ut.events, lambda e: isinstance(e, JobEvent) and e.key == key, timeout)
 
 
 def _wait_chain(ut: HostUnderTest, key: DiskKey, chain: tuple[str, ...]) -> bool:
-    return helpers.wait_for(lambda: _disk(ut, key).chain == chain, timeout=30)
+    return wait_for(lambda: _disk(ut, key).chain == chain, timeout=30)
 
 
 def _raises(reason: ErrorReason, call: Callable[..., object], *args: object) -> HostError:
@@ -72,7 +81,7 @@ def _raises(reason: ErrorReason, call: Callable[..., object], *args: object) -> 
 
 
 def test_observe_reports_disk_source_and_chain_nearest_first(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2)
     domain, disk = libvirt_host.host.observe().disks()[key]
@@ -83,10 +92,10 @@ def test_observe_reports_disk_source_and_chain_nearest_first(
 
 
 def test_observe_reports_independent_and_readonly_disks(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
-    plain = helpers.create_chain(image_folder, name="plain", depth=0).base
-    shared = helpers.create_chain(image_folder, name="ro", depth=0).base
+    plain = create_chain(image_folder, name="plain", depth=0).base
+    shared = create_chain(image_folder, name="ro", depth=0).base
     dom = domains.start("plain", [DiskSpec("vda", plain), DiskSpec("vdb", shared, readonly=True)])
     disks = libvirt_host.host.observe().disks()
     assert disks[DiskKey(dom.name(), "vda")][1].chain == ()
@@ -94,9 +103,9 @@ def test_observe_reports_independent_and_readonly_disks(
 
 
 def test_observe_reports_a_defined_domain_as_shutoff(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
-    chain = helpers.create_chain(image_folder)
+    chain = create_chain(image_folder)
     name = domains.define("off", [DiskSpec("vda", chain.top)])
     domain, disk = libvirt_host.host.observe().disks()[DiskKey(name, "vda")]
     assert domain.state is DomainState.SHUTOFF
@@ -105,7 +114,7 @@ def test_observe_reports_a_defined_domain_as_shutoff(
 
 
 def test_observe_reports_a_running_pull(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     libvirt_host.host.start_pull(key, None, SLOW)
@@ -118,7 +127,7 @@ def test_observe_reports_a_running_pull(
 
 
 def test_full_pull_empties_the_chain_and_emits_completed(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder, depth=2)
     libvirt_host.host.start_pull(key, None, None)
@@ -128,7 +137,7 @@ def test_full_pull_empties_the_chain_and_emits_completed(
 
 
 def test_partial_pull_keeps_exactly_the_base(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2)
     libvirt_host.host.start_pull(key, str(chain.base), None)
@@ -137,28 +146,28 @@ def test_partial_pull_keeps_exactly_the_base(
 
 
 def test_partial_pull_keeps_a_relative_chain_relative(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2, relative=True)
     libvirt_host.host.start_pull(key, str(chain.base), None)
     assert _job_event(libvirt_host, key) is not None
-    assert helpers.backing_file_name(chain.top) == chain.base.name
+    assert backing_file_name(chain.top) == chain.base.name
 
 
 def test_partial_pull_of_an_absolute_chain_succeeds(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2, relative=False)
     libvirt_host.host.start_pull(key, str(chain.base), None)
     assert _job_event(libvirt_host, key) == JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
-    assert helpers.backing_file_name(chain.top) == str(chain.base)
+    assert backing_file_name(chain.top) == str(chain.base)
 
 
 def test_pull_keeps_the_guest_content_byte_identical(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
-    chain = helpers.create_chain(image_folder, depth=2)
-    before = helpers.flatten(chain.top, image_folder / "before.raw")
+    chain = create_chain(image_folder, depth=2)
+    before = flatten(chain.top, image_folder / "before.raw")
     dom = domains.start("content", [DiskSpec("vda", chain.top)])
     key = DiskKey(dom.name(), "vda")
     libvirt_host.host.start_pull(key, str(chain.base), 16 * MIB)
@@ -166,15 +175,15 @@ def test_pull_keeps_the_guest_content_byte_identical(
     libvirt_host.host.start_pull(key, None, None)
     assert _job_event(libvirt_host, key) is not None
     domains.stop(dom.name())
-    assert helpers.same_content(before, chain.top)
-    assert helpers.backing_file_name(chain.top) == ""
+    assert same_content(before, chain.top)
+    assert backing_file_name(chain.top) == ""
 
 
 # -- bandwidth -------------------------------------------------------------------------------
 
 
 def test_bandwidth_is_applied_in_bytes(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     libvirt_host.host.start_pull(key, None, 3 * MIB + 12345)
@@ -184,7 +193,7 @@ def test_bandwidth_is_applied_in_bytes(
 
 
 def test_measured_rate_stays_within_15_percent_of_the_cap(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     cap = 4 * MIB  # the base's 32 MiB of data take ~8 s; measure 3 s in the middle
     key, _ = _domain_with_chain(domains, image_folder)
@@ -199,7 +208,7 @@ def test_measured_rate_stays_within_15_percent_of_the_cap(
 
 
 def test_set_speed_changes_the_bandwidth(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     libvirt_host.host.start_pull(key, None, SLOW)
@@ -209,21 +218,21 @@ def test_set_speed_changes_the_bandwidth(
     assert job.bandwidth == 2 * MIB + 1
 
 
-def test_unlimited_bandwidth_is_zero(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+def test_unlimited_bandwidth_reads_back_as_unlimited(
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     libvirt_host.host.start_pull(key, None, SLOW)
     libvirt_host.host.set_speed(key, None)
     job = _job(libvirt_host, key)
-    assert job is None or job.bandwidth == 0  # unthrottled, it may have finished already
+    assert job is None or job.bandwidth is None  # unthrottled, it may have finished already
 
 
 # -- abort, refresh --------------------------------------------------------------------------
 
 
 def test_abort_stops_the_job_and_keeps_the_chain(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2)
     libvirt_host.host.start_pull(key, None, SLOW)
@@ -234,14 +243,14 @@ def test_abort_stops_the_job_and_keeps_the_chain(
 
 
 def test_refresh_jobs_reports_none_for_a_disk_without_job(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     assert libvirt_host.host.refresh_jobs([key]) == {key: None}
 
 
 def test_refresh_jobs_reports_none_for_a_vanished_domain(libvirt_host: HostUnderTest) -> None:
-    key = DiskKey(helpers.unique_name("gone"), "vda")
+    key = DiskKey(unique_name("gone"), "vda")
     assert libvirt_host.host.refresh_jobs([key]) == {key: None}
 
 
@@ -249,21 +258,21 @@ def test_refresh_jobs_reports_none_for_a_vanished_domain(libvirt_host: HostUnder
 
 
 def test_unknown_domain_is_domain_not_found(libvirt_host: HostUnderTest) -> None:
-    key = DiskKey(helpers.unique_name("missing"), "vda")
+    key = DiskKey(unique_name("missing"), "vda")
     _raises(ErrorReason.DOMAIN_NOT_FOUND, libvirt_host.host.start_pull, key, None, None)
 
 
 def test_shut_off_domain_is_domain_not_running(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
-    chain = helpers.create_chain(image_folder)
+    chain = create_chain(image_folder)
     name = domains.define("off", [DiskSpec("vda", chain.top)])
     key = DiskKey(name, "vda")
     _raises(ErrorReason.DOMAIN_NOT_RUNNING, libvirt_host.host.start_pull, key, None, None)
 
 
 def test_unknown_disk_is_disk_not_found(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     other = DiskKey(key.domain, "vdz")
@@ -271,7 +280,7 @@ def test_unknown_disk_is_disk_not_found(
 
 
 def test_second_pull_on_a_disk_is_disk_busy(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, chain = _domain_with_chain(domains, image_folder, depth=2)
     libvirt_host.host.start_pull(key, None, SLOW)
@@ -279,7 +288,7 @@ def test_second_pull_on_a_disk_is_disk_busy(
 
 
 def test_base_outside_the_chain_is_base_not_in_chain(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     stranger = str(image_folder / "elsewhere.qcow2")
@@ -287,25 +296,17 @@ def test_base_outside_the_chain_is_base_not_in_chain(
 
 
 def test_set_speed_without_job_is_no_job(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     _raises(ErrorReason.NO_JOB, libvirt_host.host.set_speed, key, MIB)
 
 
 def test_abort_without_job_is_no_job(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     _raises(ErrorReason.NO_JOB, libvirt_host.host.abort, key)
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _FlakyConnect:
@@ -322,44 +323,27 @@ class _FlakyConnect:
         return libvirt.open(uri)
 
 
-def test_unreachable_libvirtd_is_connection_and_retries_after_backoff(
+def test_unreachable_libvirtd_is_connection_and_every_call_tries_again(
     libvirt_conn: libvirt.virConnect,
 ) -> None:
-    clock, connect = _Clock(), _FlakyConnect()
-    host = LibvirtHost(helpers.URI, connect=connect, clock=clock, min_backoff=2.0)
+    connect = _FlakyConnect()
+    host = LibvirtHost(URI, connect=connect)
     try:
         _raises(ErrorReason.CONNECTION, host.observe)
-        _raises(ErrorReason.CONNECTION, host.observe)  # within the backoff: no new attempt
-        assert connect.attempts == 1
-        clock.now += 2.0
+        _raises(ErrorReason.CONNECTION, host.observe)
+        assert connect.attempts == 2  # no backoff here: the controller paces its calls
         connect.broken = False
         host.observe()
-        assert connect.attempts == 2
+        assert connect.attempts == 3
     finally:
         host.close()
-
-
-def test_backoff_doubles_up_to_the_cap(libvirt_conn: libvirt.virConnect) -> None:
-    clock, connect = _Clock(), _FlakyConnect()
-    host = LibvirtHost(helpers.URI, connect=connect, clock=clock, min_backoff=1, max_backoff=4)
-    attempts_at = []
-    try:
-        for _ in range(24):  # 12 s in steps of 0.5 s, calling at each
-            before = connect.attempts
-            _raises(ErrorReason.CONNECTION, host.observe)
-            if connect.attempts > before:
-                attempts_at.append(clock.now - 100)
-            clock.now += 0.5
-    finally:
-        host.close()
-    assert attempts_at == [0.0, 1.0, 3.0, 7.0, 11.0]
 
 
 # -- events ----------------------------------------------------------------------------------
 
 
 def test_destroyed_domain_mid_pull_emits_no_block_job_event(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     libvirt_host.host.start_pull(key, None, SLOW)
@@ -370,18 +354,18 @@ def test_destroyed_domain_mid_pull_emits_no_block_job_event(
         seen.append(event)
         return event == LifecycleEvent(key.domain, "stopped")
 
-    assert helpers.next_event(libvirt_host.events, stopped, timeout=10) is not None
-    assert helpers.next_event(libvirt_host.events, seen.append, timeout=1.0) is None
+    assert next_item(libvirt_host.events, stopped, timeout=10) is not None
+    assert next_item(libvirt_host.events, seen.append, timeout=1.0) is None
     assert not [e for e in seen if isinstance(e, JobEvent)]
 
 
 def test_lifecycle_events_name_the_domain(
-    libvirt_host: HostUnderTest, domains: Domains, image_folder: Path
+    libvirt_host: HostUnderTest, domains: Lab, image_folder: Path
 ) -> None:
     key, _ = _domain_with_chain(domains, image_folder)
     domains.stop(key.domain)
     wanted = LifecycleEvent(key.domain, "stopped")
-    assert helpers.next_event(libvirt_host.events, lambda e: e == wanted, 10) == wanted
+    assert next_item(libvirt_host.events, lambda e: e == wanted, 10) == wanted
 
 
 def _our_clients() -> set[str]:
@@ -402,49 +386,48 @@ def _our_clients() -> set[str]:
     return ours
 
 
+@contextlib.contextmanager
+def _host_with_a_cut_connection() -> Iterator[tuple[LibvirtHost, list[HostEvent], set[str]]]:
+    """A LibvirtHost whose connection libvirtd has just dropped, as a restart would; yields it,
+    the events it delivers, and this process's connections from before it connected."""
+    events: list[HostEvent] = []
+    before = _our_clients()
+    host = LibvirtHost(URI)
+    try:
+        host.subscribe(events.append)
+        host.observe()
+        (client,) = _our_clients() - before
+        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
+        yield host, events, before
+    finally:
+        host.close()
+
+
 def test_lost_connection_emits_down_then_up_on_the_next_call(
     libvirt_conn: libvirt.virConnect,
 ) -> None:
-    events: list[HostEvent] = []
-    before = _our_clients()
-    host = LibvirtHost(helpers.URI)
-    try:
-        host.subscribe(events.append)
-        host.observe()
-        (client,) = _our_clients() - before
-        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
-        assert helpers.wait_for(lambda: ConnectionEvent(up=False, reason="eof") in events, 10)
+    with _host_with_a_cut_connection() as (host, events, before):
+        assert wait_for(lambda: ConnectionEvent(up=False, reason="eof") in events, 10)
         host.observe()  # reconnects
         assert ConnectionEvent(up=True, reason="reconnected") in events
         assert len(_our_clients() - before) == 1
-    finally:
-        host.close()
 
 
 def test_events_resume_after_a_reconnection(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    events: list[HostEvent] = []
-    before = _our_clients()
-    host = LibvirtHost(helpers.URI)
-    try:
-        host.subscribe(events.append)
+    with _host_with_a_cut_connection() as (host, events, _):
+        assert wait_for(lambda: any(isinstance(e, ConnectionEvent) for e in events), 10)
         host.observe()
-        (client,) = _our_clients() - before
-        subprocess.run(["virt-admin", "client-disconnect", "libvirtd", client], check=True)
-        assert helpers.wait_for(lambda: any(isinstance(e, ConnectionEvent) for e in events), 10)
-        host.observe()
-        key, _ = _domain_with_chain(domains, image_folder)
+        key, _chain = _domain_with_chain(domains, image_folder)
         host.start_pull(key, None, None)
         done = JobEvent(key, JobType.PULL, JobOutcome.COMPLETED)
-        assert helpers.wait_for(lambda: done in events, 30)
-    finally:
-        host.close()
+        assert wait_for(lambda: done in events, 30)
 
 
 def test_close_stops_the_event_thread(libvirt_conn: libvirt.virConnect) -> None:
     loop = shared_loop()  # no other host is open in this test: close() is its last release
-    host = LibvirtHost(helpers.URI)
+    host = LibvirtHost(URI)
     host.observe()
     assert loop.running
     host.close()
@@ -452,16 +435,16 @@ def test_close_stops_the_event_thread(libvirt_conn: libvirt.virConnect) -> None:
 
 
 def test_calls_after_close_are_connection_errors(libvirt_conn: libvirt.virConnect) -> None:
-    host = LibvirtHost(helpers.URI)
+    host = LibvirtHost(URI)
     host.close()
     _raises(ErrorReason.CONNECTION, host.observe)
 
 
 def test_a_job_started_by_someone_else_is_found_at_the_next_sweep_not_before(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
     now = [0.0]
-    host = LibvirtHost(helpers.URI, clock=lambda: now[0], job_sweep_interval=300.0)
+    host = LibvirtHost(URI, clock=lambda: now[0], job_sweep_interval=300.0)
     try:
         key, _ = _domain_with_chain(domains, image_folder)
         host.observe()  # the first observe sweeps: no job yet
@@ -476,9 +459,9 @@ def test_a_job_started_by_someone_else_is_found_at_the_next_sweep_not_before(
 
 
 def test_a_start_refused_as_busy_makes_the_foreign_job_visible_at_once(
-    libvirt_conn: libvirt.virConnect, domains: Domains, image_folder: Path
+    libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
-    host = LibvirtHost(helpers.URI, clock=lambda: 0.0, job_sweep_interval=300.0)
+    host = LibvirtHost(URI, clock=lambda: 0.0, job_sweep_interval=300.0)
     try:
         key, _ = _domain_with_chain(domains, image_folder)
         host.observe()

@@ -13,11 +13,13 @@ import itertools
 import subprocess
 from pathlib import Path
 
-import helpers
-from conftest import Domains
-from exporter_process import ExporterProcess, policy_for_domains, running_exporter
-from helpers import MIB, DiskSpec
-from prometheus_server import PrometheusServer, running_prometheus
+from harness.daemon_process import DaemonProcess, running_daemon_process
+from harness.libvirt_lab import DiskSpec, Lab
+from harness.libvirtd import URI
+from harness.policy_files import policy_for_domains
+from harness.prometheus_server import PrometheusServer, running_prometheus
+from harness.qemu_images import MIB, create_chain
+from harness.waiting import wait_for
 
 # Two disks sharing 16 MiB/s: 96 MiB each at 8 MiB/s is ~12 s. Suites running beside this one
 # may slow it (their throttled jobs take part of the budget); the deadlines allow for that.
@@ -26,12 +28,12 @@ FILL_MIB = 96
 PROGRESS = ["--progress.interval", "0.5"]
 
 
-def _domain_with_disk(domains: Domains, folder: Path, label: str, fill: int) -> str:
-    chain = helpers.create_chain(folder, name=label, size_mib=128, fill_mib=fill)
+def _domain_with_disk(domains: Lab, folder: Path, label: str, fill: int) -> str:
+    chain = create_chain(folder, name=label, size_mib=128, fill_mib=fill)
     return domains.start(label, [DiskSpec("vda", chain.top)]).name()
 
 
-def _context(daemon: ExporterProcess, prometheus: PrometheusServer) -> str:
+def _context(daemon: DaemonProcess, prometheus: PrometheusServer) -> str:
     return f"{daemon.describe()}\n{prometheus.describe()}"
 
 
@@ -41,13 +43,13 @@ def _sample(prometheus: PrometheusServer, expr: str) -> float | None:
 
 
 def test_prometheus_sees_pull_cursors_advance_and_pulls_complete(
-    domains: Domains, image_folder: Path, tmp_path: Path
+    domains: Lab, image_folder: Path, tmp_path: Path
 ) -> None:
     names = [_domain_with_disk(domains, image_folder, f"scrape{n}", FILL_MIB) for n in (1, 2)]
     name = names[0]
     policy = policy_for_domains(names, bandwidth=BUDGET)
     with (
-        running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon,
+        running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon,
         running_prometheus([daemon.address], tmp_path / "prometheus") as prometheus,
     ):
         context = lambda: _context(daemon, prometheus)  # noqa: E731
@@ -73,13 +75,13 @@ def test_prometheus_sees_pull_cursors_advance_and_pulls_complete(
 
 
 def test_promtool_check_metrics_accepts_a_live_scrape_during_a_pull(
-    domains: Domains, image_folder: Path, tmp_path: Path
+    domains: Lab, image_folder: Path, tmp_path: Path
 ) -> None:
     name = _domain_with_disk(domains, image_folder, "promtool", 32)
     policy = policy_for_domains([name], bandwidth="1MiB/s")  # lasts ~30 s: still running
-    with running_exporter(policy, helpers.URI, tmp_path / "daemon", PROGRESS) as daemon:
+    with running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon:
         key_labels = f'{{disk="vda",domain="{name}"}}'
-        assert helpers.wait_for(
+        assert wait_for(
             lambda: f"blockpull_job_cursor_bytes{key_labels}" in daemon.scrape(), 60, 0.2
         ), f"no running pull in the scrape\n{daemon.describe()}"
         body = daemon.scrape()

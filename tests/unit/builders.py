@@ -131,7 +131,7 @@ def policy(
 def job(
     kind: JobType = JobType.PULL,
     *,
-    bandwidth: int = 0,
+    bandwidth: int | None = None,
     cur: int = 0,
     end: int = 100 * MiB,
 ) -> BlockJob:
@@ -199,7 +199,7 @@ def key(domain: str, disk: str = "vda") -> DiskKey:
 def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
     """The host after a perfect host applied `actions` in order (pure; asserts they make sense).
 
-    A start creates a pull job at the given speed (None -> 0, unlimited), a speed change
+    A start creates a pull job at the given speed (None = unlimited), a speed change
     replaces the job's bandwidth, an abort removes the job.
     """
     jobs = {key: d.job for key, (_, d) in obs.disks().items()}
@@ -207,10 +207,10 @@ def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
         current = jobs[action.key]
         if isinstance(action, StartPull):
             assert current is None, f"start on busy disk {action.key}"
-            jobs[action.key] = BlockJob(JobType.PULL, 0, 100 * MiB, action.bandwidth or 0)
+            jobs[action.key] = BlockJob(JobType.PULL, 0, 100 * MiB, action.bandwidth)
         elif isinstance(action, SetSpeed):
             assert current is not None and current.type is JobType.PULL, action
-            jobs[action.key] = replace(current, bandwidth=action.bandwidth or 0)
+            jobs[action.key] = replace(current, bandwidth=action.bandwidth)
         else:
             assert current is not None and current.type is JobType.PULL, action
             jobs[action.key] = None

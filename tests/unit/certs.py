@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +70,22 @@ def make_pki(directory: Path) -> Pki:
         other_client_cert=other[0],
         other_client_key=other[1],
     )
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> ssl.SSLObject:
+    """A TLS handshake in memory, no socket; the client's end, or the ssl.SSLError it raised."""
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client_end = client.wrap_bio(client_in, client_out, server_hostname="localhost")
+    server_end = server.wrap_bio(server_in, server_out, server_side=True)
+    for _ in range(10):  # a TLS 1.2 handshake takes two round trips, 1.3 one
+        finished = True
+        for end in (client_end, server_end):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                finished = False
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+        if finished:
+            return client_end
+    raise AssertionError("the handshake did not finish")

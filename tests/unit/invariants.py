@@ -8,7 +8,7 @@ from exporter.core.planner import plan
 from exporter.core.schedule import budget_at, open_windows, rule_open
 from exporter.core.selection import select_rule
 from exporter.daemon.controller import Controller
-from exporter.hosts.sim.world import SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
 from exporter.policy.values import OutsideWindows, RuleAction
 
 
@@ -32,11 +32,12 @@ def assert_invariants(controller: Controller, host: SimulatedHost) -> None:
         f"{len(managed)} managed + {len(foreign)} foreign jobs > {budget}"
     )
     if budget.bandwidth is not None:
-        assert 0 not in {job.bandwidth for job in managed.values()}, "unlimited pull under a cap"
-        total = sum(job.bandwidth for job in (*managed.values(), *foreign.values()))
-        assert total <= max(budget.bandwidth, sum(j.bandwidth for j in foreign.values())), (
-            f"{total} B/s > {budget}"
-        )
+        limits = [job.bandwidth for job in managed.values()]
+        assert None not in limits, "unlimited pull under a cap"
+        # A foreign job without a limit counts as 0 B/s: its rate is unknowable.
+        foreign_limits = sum(j.bandwidth for j in foreign.values() if j.bandwidth is not None)
+        total = sum(limit for limit in limits if limit is not None) + foreign_limits
+        assert total <= max(budget.bandwidth, foreign_limits), f"{total} B/s > {budget}"
     for key in managed:
         disk = next(k for k in domains[key.domain].disks if k.target == key.disk)
         rule = select_rule(policy.rules, key.domain, disk)

@@ -45,7 +45,7 @@ def job(
     *,
     cur: int = 1 * GiB,
     end: int = 4 * GiB,
-    bandwidth: int = 50 * MiB,
+    bandwidth: int | None = 50 * MiB,
     managed: bool = True,
     type: JobType = JobType.PULL,
 ) -> JobProgress:
@@ -137,7 +137,7 @@ def realistic_snapshot() -> Snapshot:
         plan(decisions, bandwidth=400 * MiB, max_concurrent=4, open_windows={"nights"}),
         jobs=[
             job("web-1", "vda", cur=3 * GiB, end=8 * GiB, bandwidth=400 * MiB),
-            job("other-1", "vdc", bandwidth=0, managed=False, type=JobType.COPY),
+            job("other-1", "vdc", bandwidth=None, managed=False, type=JobType.COPY),
         ],
         counters=counters,
         backing_dependents={

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from freezegun import freeze_time
 
 from exporter.cli import main
-from exporter.commands.status import eta, progress_bar
+from exporter.commands.status import CLEAR_SCREEN, eta, progress_bar, redraw
+from exporter.core.clock import SystemClock
+from exporter.core.memory import Memory
 from exporter.core.model import BlockJob, DiskKey, JobType
+from exporter.daemon.state_store import StateStore
+from exporter.hosts.sim.state_file import open_sim_host
+from exporter.policy.loader import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "policies" / "example.yaml"
@@ -21,11 +28,12 @@ ALL_CLOSED = "2026-11-26 06:00:00"
 
 
 def on_the_simulated_host(command: str, tmp_path: Path) -> int:
-    """`command` with the example policy against a simulated host in tmp_path."""
-    args = [command, "--policy.file", str(EXAMPLE), "--libvirt.uri", f"sim://{tmp_path}/host.json"]
-    if command == "plan":
-        args += ["--state.dir", str(tmp_path)]
-    return main(args)
+    """`command` with the example policy against a simulated host in tmp_path, whose state
+    directory is tmp_path too."""
+    uri = f"sim://{tmp_path}/host.json"
+    return main(
+        [command, "--policy.file", str(EXAMPLE), "--libvirt.uri", uri, "--state.dir", str(tmp_path)]
+    )
 
 
 def test_check_imports_neither_libvirt_nor_the_daemon():
@@ -61,6 +69,23 @@ def test_status_outside_every_window_shows_the_backlog_waiting_for_one(tmp_path,
     assert "backlog: 4 disk(s) to pull (4 waiting_window)" in capsys.readouterr().out
 
 
+@freeze_time(NIGHTS_OPEN)
+def test_plan_and_status_agree_on_a_disk_in_backoff_from_the_saved_state(tmp_path, capsys):
+    key = DiskKey("web-1", "vda")
+    _, disk = open_sim_host(f"sim://{tmp_path}/host.json", SystemClock()).observe().disks()[key]
+    fingerprint = load_policy(EXAMPLE).fingerprint
+    failed = Memory().with_failure(key, time.time() - 10, disk.fingerprint, fingerprint)
+    StateStore(tmp_path).save(failed)
+
+    assert on_the_simulated_host("plan", tmp_path) == 0
+    plan_out = capsys.readouterr().out
+    assert on_the_simulated_host("status", tmp_path) == 0
+    status_out = capsys.readouterr().out
+    [row] = [line.split() for line in plan_out.splitlines() if line.startswith("web-1 ")]
+    assert row[:4] == ["web-1", "vda", "web", "backoff"]
+    assert "backlog: 4 disk(s) to pull (1 backoff, 3 pending)" in status_out
+
+
 @freeze_time(ALL_CLOSED)
 def test_plan_outside_every_window_would_start_nothing(tmp_path, capsys):
     assert on_the_simulated_host("plan", tmp_path) == 0
@@ -81,8 +106,8 @@ def test_progress_bar_fills_in_proportion():
 
 
 def test_eta_is_unknown_without_a_rate_and_absent_when_done():
-    job = BlockJob(JobType.PULL, 10, 100, 0)
-    assert (eta(job, None), eta(job, 9.0), eta(BlockJob(JobType.PULL, 5, 5, 0), 1.0)) == (
+    job = BlockJob(JobType.PULL, 10, 100, None)
+    assert (eta(job, None), eta(job, 9.0), eta(BlockJob(JobType.PULL, 5, 5, None), 1.0)) == (
         "?",
         "10s",
         "-",
@@ -91,3 +116,16 @@ def test_eta_is_unknown_without_a_rate_and_absent_when_done():
 
 def test_status_keys_render_as_domain_slash_disk():
     assert str(DiskKey("web-1", "vda")) == "web-1/vda"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_status_watch_clears_the_screen_only_on_a_terminal():
+    terminal, pipe = _Terminal(), io.StringIO()
+    redraw("frame", terminal)
+    redraw("frame", pipe)
+    assert terminal.getvalue() == CLEAR_SCREEN + "frame\n"
+    assert "\x1b" not in pipe.getvalue() and pipe.getvalue() == "\nframe\n"

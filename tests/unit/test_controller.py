@@ -20,7 +20,8 @@ from exporter.daemon.controller import (
     Shutdown,
 )
 from exporter.daemon.state_store import StateStore
-from exporter.hosts.sim.world import MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import MiB, SimDisk
 from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"
@@ -148,6 +149,30 @@ def test_a_window_that_closes_pauses_the_pull_which_resumes_and_completes_next_w
     assert host.chain(WEB1) == ()
     assert (controller.snapshot.counters.started[WEB1], counters.completed.get(WEB1, 0)) == (2, 0)
     assert controller.snapshot.counters.completed[WEB1] == 1
+
+
+def test_the_copied_counter_reaches_the_bytes_a_completed_pull_had_to_copy(tmp_path):
+    host = web_host(size=100 * MiB)
+    controller = make_controller(host, write_policy(tmp_path / "p.yaml", bandwidth="10MiB/s"))
+    run_for(controller, host, 3)
+    job = host.job(WEB1)
+    assert job is not None and 0 < controller.snapshot.counters.copied[WEB1] <= job.cur
+    run_for(controller, host, 60)
+    assert controller.snapshot.counters.completed[WEB1] == 1
+    assert controller.snapshot.counters.copied[WEB1] == job.end
+
+
+def test_the_copied_counter_never_goes_back_across_a_pull_paused_by_its_window(tmp_path):
+    host = web_host(size=30 * MiB)  # needs two windows at 10 KiB/s
+    policy = write_policy(tmp_path / "p.yaml", bandwidth="10KiB/s", windows="[early]")
+    controller = make_controller(host, policy)
+    seen = [0]
+    for _ in range(26 * 6):  # 26 h in steps of 10 min: two windows
+        run_for(controller, host, 600)
+        seen.append(controller.snapshot.counters.copied.get(WEB1, 0))
+    assert seen == sorted(seen)
+    assert controller.snapshot.counters.completed[WEB1] == 1
+    assert seen[-1] >= 60 * MiB  # the second pull advances again over what QEMU skips
 
 
 def test_finish_lets_a_running_pull_complete_outside_its_window(tmp_path):

@@ -14,7 +14,8 @@ from exporter.core.model import DiskKey
 from exporter.daemon.controller import Controller
 from exporter.fleet.agent import FleetAgent, hold_margin
 from exporter.fleet.memory import MemoryService
-from exporter.hosts.sim.world import MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import MiB, SimDisk
 from exporter.metrics.renderer import MetricsRenderer
 from exporter.policy.source import PolicySource
 
@@ -90,7 +91,7 @@ def test_group_pulls_run_on_while_the_lease_lasts_then_stop_as_coordination_lost
 ):
     controller, agent = fleet_controller(host, service, tmp_path)
     settle(controller, agent)
-    lease_end = agent.next_change(host.clock.monotonic())
+    lease_end = agent.lease_end(host.clock.monotonic())
     assert lease_end == pytest.approx(host.clock.monotonic() + TTL - hold_margin(TTL))
     service.reachable = False
     agent.round()  # fails: nothing new may start, running pulls go on

@@ -16,7 +16,9 @@ from invariants import assert_invariants
 from exporter.core.decisions import DiskDecision, DiskState
 from exporter.core.model import DiskKey, JobType
 from exporter.daemon.controller import Controller, ControllerOptions, Reload
-from exporter.hosts.sim.world import DEFAULT_EPOCH, MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import MiB, SimDisk
+from exporter.hosts.sim.world import DEFAULT_EPOCH
 from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"

@@ -31,7 +31,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 INSTANCE_FILTER = 'instance=~"$instance"'
 DOMAIN_FILTER = 'domain=~"$domain"'
 
-# The metric table of /work/shared/DESIGN.md, as exposed (counters with _total, histogram series).
+# The metric table of README.md, as exposed (counters with _total, histogram series).
 GAUGES = {
     "blockpull_job_cursor_bytes",
     "blockpull_job_end_bytes",
@@ -54,6 +54,7 @@ COUNTERS = {
     "blockpull_jobs_completed_total",
     "blockpull_jobs_failed_total",
     "blockpull_jobs_aborted_total",
+    "blockpull_copied_bytes_total",
 }
 HISTOGRAMS = {
     f"blockpull_reconcile_duration_seconds{suffix}" for suffix in ("_bucket", "_sum", "_count")
@@ -203,8 +204,8 @@ def test_progress_table_has_percent_rate_and_eta() -> None:
     by_ref = {t["refId"]: t["expr"] for t in table["targets"]}
     assert "blockpull_job_cursor_bytes" in by_ref["PROGRESS"]
     assert "blockpull_job_end_bytes" in by_ref["PROGRESS"]
-    assert "rate(blockpull_job_cursor_bytes" in by_ref["RATE"]
-    assert "/ (rate(blockpull_job_cursor_bytes" in by_ref["ETA"]
+    assert "rate(blockpull_copied_bytes_total" in by_ref["RATE"]
+    assert "/ (rate(blockpull_copied_bytes_total" in by_ref["ETA"]
 
 
 @pytest.mark.parametrize(("title", "expr"), dashboard_queries(DASHBOARD))

@@ -10,7 +10,8 @@ from invariants import assert_invariants
 from exporter.core.decisions import DiskState
 from exporter.core.model import DiskKey
 from exporter.daemon.controller import Controller, ControllerOptions
-from exporter.hosts.sim.world import GiB, MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import GiB, MiB, SimDisk
 from exporter.policy.source import PolicySource
 
 BASE = "/templates/os-base.qcow2"

@@ -3,6 +3,8 @@ ManualClock, so lease expiry is exact and nothing waits."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from exporter.core.clock import ManualClock
@@ -152,11 +154,11 @@ def test_group_pulls_stop_before_the_lease_can_have_expired(
     member = agent(service, "a", demand=1, pulls=1)
     rounds(member)
     service.reachable = False
-    end = member.next_change(clock.monotonic())
+    end = member.lease_end(clock.monotonic())
     assert end == pytest.approx(clock.monotonic() + TTL - hold_margin(TTL))
     clock.advance(end - clock.monotonic())
     assert allowance(member, clock) == NOTHING
-    assert member.next_change(clock.monotonic()) is None  # no timer left to wake anyone
+    assert member.lease_end(clock.monotonic()) == math.inf  # no timer left to wake anyone
 
 
 def test_a_host_takes_part_again_when_the_service_answers(

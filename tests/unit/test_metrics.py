@@ -69,6 +69,7 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_jobs_completed": "counter",
         "blockpull_jobs_failed": "counter",
         "blockpull_jobs_aborted": "counter",
+        "blockpull_copied_bytes": "counter",
         "blockpull_disks": "gauge",
         "blockpull_disk_backing_depth": "gauge",
         "blockpull_disk_consecutive_failures": "gauge",
@@ -79,6 +80,8 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_libvirt_up": "gauge",
         "blockpull_policy_last_reload_successful": "gauge",
         "blockpull_policy_last_reload_success_timestamp_seconds": "gauge",
+        "blockpull_state_last_save_successful": "gauge",
+        "blockpull_state_save_failures": "counter",
         "blockpull_reconcile_duration_seconds": "histogram",
         "blockpull_last_reconcile_success_timestamp_seconds": "gauge",
         "blockpull_build_info": "gauge",
@@ -108,7 +111,7 @@ def test_running_jobs_export_cursor_end_and_limit() -> None:
 
 
 def test_unlimited_job_bandwidth_is_plus_inf() -> None:
-    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=0)])
+    snapshot = s.snapshot(s.plan(), jobs=[s.job("web-1", bandwidth=None)])
     limits = values(snapshot, "blockpull_job_bandwidth_limit_bytes_per_second")
     assert limits == {disk("web-1"): math.inf}
 
@@ -339,9 +342,3 @@ def test_outcome_counters_keep_ignored_disks_with_counts() -> None:
         (*disk("db-1"), ("reason", "external")): 1,
         (*disk("db-1"), ("reason", "window_closed")): 0,
     }
-
-
-def test_renderer_serves_the_landing_page_for_the_snapshot() -> None:
-    page = MetricsRenderer(VERSION).landing_page(s.realistic_snapshot())
-    assert f"Version {VERSION}" in page
-    assert 'href="metrics"' in page

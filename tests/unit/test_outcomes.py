@@ -28,7 +28,7 @@ def tracked(base=None):
 
 
 def test_a_pull_still_running_has_no_outcome():
-    result = settle(tracked(), observe(job=BlockJob(JobType.PULL, 5, 10, 0)), {}, {}, 1.0)
+    result = settle(tracked(), observe(job=BlockJob(JobType.PULL, 5, 10, None)), {}, {}, 1.0)
     assert result.outcomes == ()
     assert result.still_running == {KEY}
 

@@ -36,7 +36,7 @@ IMAGES = ("/t/base-a.qcow2", "/t/base-b.qcow2", "/o/mid-1.qcow2", "/o/mid-2.qcow
 DOMAIN_NAMES = ("web-1", "web-2", "db-1", "db-2", "app")
 TARGETS = ("vda", "vdb", "sda")
 WINDOW_NAMES = ("w1", "w2")
-BANDWIDTHS = (0, 1, 3, 50, 1000, 10**6)
+BANDWIDTHS = (None, 1, 3, 50, 1000, 10**6)
 # Biased towards what the planner acts on: running domains, pull jobs, pull rules.
 STATES = (DomainState.RUNNING,) * 4 + (DomainState.PAUSED, DomainState.SHUTOFF, DomainState.OTHER)
 BUDGET_BANDWIDTHS = (None, 1, 2, 7, 100, 1000, 10**6)
@@ -230,7 +230,7 @@ def aggregate(obs: Observation, managed: set[DiskKey]) -> float:
     for key, (_, d) in obs.disks().items():
         if d.job is not None:
             unlimited = math.inf if key in managed else 0.0
-            total += d.job.bandwidth or unlimited
+            total += unlimited if d.job.bandwidth is None else d.job.bandwidth
     return total
 
 
@@ -308,8 +308,8 @@ def check_applied(case: Case, first: Plan, host: Observation) -> None:
 
     if budget.bandwidth is not None:
         limits = [disks[k][1].job.bandwidth for k in ours]  # type: ignore[union-attr]
-        assert all(limit > 0 for limit in limits)
-        foreign_bw = sum(j.bandwidth for j in foreign if j is not None)
+        assert all(limit is not None for limit in limits)
+        foreign_bw = sum(j.bandwidth for j in foreign if j is not None and j.bandwidth is not None)
         assert not ours or sum(limits) + foreign_bw <= budget.bandwidth
 
     for k in ours:

@@ -79,7 +79,7 @@ def test_disk_no_rule_selects_is_ignored_with_rule_none() -> None:
 
 
 def test_ignored_rule_never_touches_a_running_job() -> None:
-    obs = observation(domain("db-1", disk(job=job(bandwidth=0))))
+    obs = observation(domain("db-1", disk(job=job(bandwidth=None))))
     pol = policy(ignore("db", domains=("db-*",)), rule("rest"), bandwidth=MiB, max_concurrent=0)
     result = run(obs, pol)
     assert result.actions == ()
@@ -161,7 +161,7 @@ def test_running_pull_on_a_disk_with_nothing_left_stays_pulling() -> None:
 
 
 def test_pull_started_by_hand_is_adopted_and_throttled() -> None:
-    obs = observation(domain("vm", disk(job=job(bandwidth=0))))
+    obs = observation(domain("vm", disk(job=job(bandwidth=None))))
     result = run(obs, policy(bandwidth=10 * MiB))
     assert state(result, key("vm")) is DiskState.PULLING
     assert result.actions == (SetSpeed(key("vm"), 10 * MiB, result.actions[0].reason),)
@@ -373,7 +373,7 @@ def test_unlimited_budget_lifts_the_limit_of_running_pulls() -> None:
 def test_speed_cuts_come_before_starts_and_raises_after() -> None:
     # "a" runs unlimited (cut to the share), "b" runs slowly (raised), "c" starts.
     obs = observation(
-        domain("a", disk(job=job(bandwidth=0))),
+        domain("a", disk(job=job(bandwidth=None))),
         domain("b", disk(job=job(bandwidth=1))),
         domain("c"),
     )
@@ -413,7 +413,7 @@ def test_every_disk_has_one_decision_sorted_by_key() -> None:
 
 def test_plan_is_idempotent_after_applying_actions() -> None:
     obs = observation(
-        domain("a", disk(job=job(bandwidth=0))),
+        domain("a", disk(job=job(bandwidth=None))),
         domain("b", disk(job=job(bandwidth=7))),
         domain("c", disk("vda"), disk("vdb")),
         domain("x", disk(job=job(JobType.BACKUP, bandwidth=100))),

@@ -12,25 +12,23 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.policy.loader import (
-    PolicyError,
-    PolicyIssue,
-    glob_problem,
-    load_policy,
-    parse_policy,
-)
+from exporter.config_file.composing import MAX_DEPTH, MAX_NODES
+from exporter.config_file.issues import MAX_REPORTED, Issue
+from exporter.config_file.reading import MAX_FILE_BYTES
+from exporter.policy.fields import MAX_GLOBS, glob_problem
+from exporter.policy.loader import MAX_RULES, MAX_WINDOWS, PolicyError, load_policy, parse_policy
 from exporter.policy.values import OutsideWindows, RuleAction
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "policies" / "example.yaml"
 
 
-def issues_of(text: str) -> tuple[PolicyIssue, ...]:
+def issues_of(text: str) -> tuple[Issue, ...]:
     with pytest.raises(PolicyError) as caught:
         parse_policy(text, "p.yaml")
     return caught.value.errors
 
 
-def only_issue(text: str) -> PolicyIssue:
+def only_issue(text: str) -> Issue:
     issues = issues_of(text)
     assert len(issues) == 1, issues
     return issues[0]
@@ -153,11 +151,6 @@ def test_bare_number_duration_asks_for_a_unit() -> None:
     assert 'needs a unit, e.g. "90s"' in issue.message
 
 
-def test_issue_reads_like_a_compiler_message() -> None:
-    issue = PolicyIssue("policy.yaml", 12, 7, "rules[1].windows[0]", 'unknown window "nite"')
-    assert str(issue) == 'policy.yaml:12:7: rules[1].windows[0]: unknown window "nite"'
-
-
 def test_unknown_window_suggests_the_closest_name() -> None:
     text = 'version: 1\nwindows:\n  nights: {from: "22:00", to: "06:00"}\n'
     text += "rules:\n  - name: a\n  - name: b\n    windows:\n      - nite\n"
@@ -228,8 +221,8 @@ def test_aliases_are_followed() -> None:
 
 
 def test_deeply_nested_text_is_a_policy_error() -> None:
-    with pytest.raises(PolicyError, match="nested too deeply"):
-        parse_policy("[" * 5000, "p")
+    with pytest.raises(PolicyError, match="nested more than 32 levels deep"):
+        parse_policy("[" * 100 + "]" * 100, "p")
 
 
 @pytest.mark.parametrize(
@@ -311,3 +304,50 @@ def test_arbitrary_yaml_documents_raise_only_policy_error(document: object) -> N
 @given(st.one_of(st.text(), st.text(alphabet=string.printable + ":-[]{}&*!|>'\"%@`#")))
 def test_arbitrary_text_raises_only_policy_error(text: str) -> None:
     assert_only_policy_error(text)
+
+
+# -- limits ---------------------------------------------------------------------------------
+
+
+def rules_text(count: int) -> str:
+    return "version: 1\nrules:\n" + "".join(f"  - {{name: r{i}}}\n" for i in range(count))
+
+
+def test_the_most_rules_allowed_load() -> None:
+    assert len(parse_policy(rules_text(MAX_RULES), "p").rules) == MAX_RULES
+
+
+def test_more_rules_than_allowed_is_one_issue_naming_the_limit() -> None:
+    issue = only_issue(rules_text(MAX_RULES + 1))
+    assert (issue.line, issue.yaml_path) == (3, "rules")
+    assert issue.message == f"{MAX_RULES + 1:,} rules; at most {MAX_RULES:,} are allowed"
+
+
+def test_more_windows_than_allowed_is_refused() -> None:
+    windows = "".join(f"  w{i}: {{days: [mon]}}\n" for i in range(MAX_WINDOWS + 1))
+    issue = only_issue(f"version: 1\nwindows:\n{windows}")
+    assert issue.yaml_path == "windows"
+    assert f"at most {MAX_WINDOWS} are allowed" in issue.message
+
+
+@pytest.mark.parametrize("key", ["domains", "disks", "backing", "exclude.domains"])
+def test_more_globs_in_one_list_than_allowed_is_refused(key: str) -> None:
+    globs = ", ".join(f"g{i}" for i in range(MAX_GLOBS + 1))
+    value = f"{{domains: [{globs}]}}" if key == "exclude.domains" else f"[{globs}]"
+    issue = only_issue(f"version: 1\nrules:\n  - {{name: a, {key.split('.')[0]}: {value}}}\n")
+    assert issue.yaml_path == f"rules[0].{key}"
+    assert f"at most {MAX_GLOBS} are allowed" in issue.message
+
+
+def test_policy_reference_states_the_limits() -> None:
+    reference = (EXAMPLE.parent / "README.md").read_text()
+    for stated in (
+        f"{MAX_RULES:,} rules",
+        f"{MAX_WINDOWS} windows",
+        f"at most {MAX_GLOBS}",
+        f"{MAX_FILE_BYTES // 1024**2} MiB",
+        f"{MAX_DEPTH} levels",
+        f"{MAX_NODES:,} nodes",
+        f"{MAX_REPORTED} mistakes",
+    ):
+        assert stated in reference, stated

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from exporter.policy.loader import PolicyError, glob_problem, load_policy
+from exporter.policy.fields import glob_problem
+from exporter.policy.loader import PolicyError, load_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((ROOT / "policies" / "schema.json").read_text())

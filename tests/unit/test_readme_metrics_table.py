@@ -10,18 +10,16 @@ the Python client, not from this table.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from harness.daemon_process import DaemonProcess, running_daemon_process
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "integration"))  # the harness, no libvirt needed
-from exporter_process import ExporterProcess, running_exporter  # noqa: E402
 
 EXCLUDED_PREFIXES = ("process_",)  # the Python client's standard process metrics
 SECTION = "## Metrics"
@@ -89,7 +87,7 @@ def scraped_families(body: str) -> dict[str, Row]:
     return families
 
 
-def _complete(daemon: ExporterProcess) -> str | None:
+def _complete(daemon: DaemonProcess) -> str | None:
     """A scrape once a pull runs (the job families have samples), else None."""
     body = daemon.try_scrape()
     if body is None or "\nblockpull_job_cursor_bytes{" not in body:
@@ -101,7 +99,8 @@ def _complete(daemon: ExporterProcess) -> str | None:
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("metrics-table")
     uri = f"sim://{workdir / 'host.json'}"
-    with running_exporter(POLICY, uri, workdir) as daemon:
+    # The simulated host is this test's own: its policy may select any domain.
+    with running_daemon_process(POLICY, uri, workdir, own_domains_only=False) as daemon:
         deadline = time.monotonic() + 30
         body = _complete(daemon)
         while body is None and time.monotonic() < deadline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ from exporter.core.model import (
     JobOutcome,
     JobType,
 )
+from exporter.hosts.sim import state_file
 from exporter.hosts.sim.state_file import (
     DEMO_DEVICE_SPEED,
     SimStateError,
@@ -118,7 +120,7 @@ def test_file_round_trip_preserves_chains_jobs_and_faults(uri: str) -> None:
     clock = ManualClock()
     host = open_sim_host(uri, clock)
     host.start_pull(WEB1, "/var/lib/libvirt/images/templates/os-base-12.qcow2", 5 * 1024**2)
-    host.add_foreign_job(WEB2, JobType.COPY, 0)
+    host.add_foreign_job(WEB2, JobType.COPY)
     host.destroy_domain("db-1")
     host.fail_next_start(DiskKey("db-2", "vda"), ErrorReason.DISK_BUSY)
     clock.advance(2)
@@ -174,6 +176,31 @@ def test_vanished_file_fails_calls_as_a_lost_connection(uri: str) -> None:
     sim_path(uri).unlink()
     with pytest.raises(HostError) as error:
         host.observe()
+    assert error.value.reason is ErrorReason.CONNECTION
+
+
+def test_too_many_open_files_fails_calls_as_a_lost_connection(uri, monkeypatch) -> None:
+    host = open_sim_host(uri, ManualClock())
+
+    def no_descriptor_left(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Path, "open", no_descriptor_left)
+    with pytest.raises(HostError) as error:
+        host.observe()
+    assert error.value.reason is ErrorReason.CONNECTION
+    assert "Too many open files" in str(error.value)
+
+
+def test_a_full_disk_fails_a_change_as_a_lost_connection(uri, monkeypatch) -> None:
+    host = open_sim_host(uri, ManualClock())
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_file, "write_atomically", full)
+    with pytest.raises(HostError) as error:
+        host.start_pull(WEB1, None, 10 * 1024**2)
     assert error.value.reason is ErrorReason.CONNECTION
 
 

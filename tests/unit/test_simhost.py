@@ -22,7 +22,9 @@ from exporter.core.model import (
     JobType,
     LifecycleEvent,
 )
-from exporter.hosts.sim.world import DEFAULT_EPOCH, GiB, Latency, MiB, SimDisk, SimulatedHost
+from exporter.hosts.sim.host import Latency, SimulatedHost
+from exporter.hosts.sim.records import GiB, MiB, SimDisk
+from exporter.hosts.sim.world import DEFAULT_EPOCH
 
 APP = "/templates/app.qcow2"
 BASE = "/templates/base.qcow2"
@@ -160,7 +162,7 @@ def test_observe_shows_the_running_job_on_its_disk() -> None:
 def test_pull_started_right_now_reports_zero_cur_and_end() -> None:
     host = web_host()
     host.start_pull(VDA, None, None)
-    assert host.refresh_jobs([VDA])[VDA] == BlockJob(JobType.PULL, 0, 0, 0)
+    assert host.refresh_jobs([VDA])[VDA] == BlockJob(JobType.PULL, 0, 0, None)
 
 
 def test_pull_reports_its_end_once_time_moves_on() -> None:
@@ -185,7 +187,7 @@ def test_unlimited_pull_runs_at_device_speed() -> None:
     host.advance(2)
     job = host.job(VDA)
     assert job is not None
-    assert (job.cur, job.bandwidth) == (200 * MiB, 0)
+    assert (job.cur, job.bandwidth) == (200 * MiB, None)
 
 
 def test_bandwidth_above_device_speed_is_capped_but_reported_as_set() -> None:
@@ -280,7 +282,7 @@ def test_advancing_by_zero_does_not_complete_a_pull_with_nothing_to_copy() -> No
     host = web_host(chain=())
     host.start_pull(VDA, None, None)
     host.advance(0)
-    assert host.job(VDA) == BlockJob(JobType.PULL, 0, 0, 0)
+    assert host.job(VDA) == BlockJob(JobType.PULL, 0, 0, None)
 
 
 def test_pull_down_to_the_nearest_image_completes_without_changing_the_chain() -> None:
@@ -314,7 +316,7 @@ def test_set_speed_none_means_unlimited() -> None:
     host.start_pull(VDA, None, 10 * MiB)
     host.set_speed(VDA, None)
     host.advance(1)
-    assert host.job(VDA) == BlockJob(JobType.PULL, 100 * MiB, 2 * GiB, 0)
+    assert host.job(VDA) == BlockJob(JobType.PULL, 100 * MiB, 2 * GiB, None)
 
 
 def test_paused_domain_can_run_a_pull() -> None:
@@ -389,9 +391,10 @@ def test_start_pull_on_a_transient_disk_fails() -> None:
     assert error.value.reason is ErrorReason.OTHER
 
 
-def test_start_pull_with_a_negative_bandwidth_fails() -> None:
+@pytest.mark.parametrize("bandwidth", [-1, 0])
+def test_start_pull_with_a_bandwidth_that_is_not_positive_fails(bandwidth: int) -> None:
     with pytest.raises(HostError) as error:
-        web_host().start_pull(VDA, None, -1)
+        web_host().start_pull(VDA, None, bandwidth)  # unlimited is None
     assert error.value.reason is ErrorReason.OTHER
 
 
@@ -456,7 +459,7 @@ def test_resumed_pull_jumps_over_the_copied_bytes_and_keeps_the_full_end() -> No
     host.abort(VDA)
     host.start_pull(VDA, None, None)
     host.advance(1)
-    assert host.job(VDA) == BlockJob(JobType.PULL, 1100 * MiB, 2 * GiB, 0)
+    assert host.job(VDA) == BlockJob(JobType.PULL, 1100 * MiB, 2 * GiB, None)
 
 
 def test_resumed_copy_does_not_count_as_work_done_again() -> None:
@@ -621,11 +624,11 @@ def test_foreign_job_is_not_counted_as_a_start_pull_call() -> None:
 def test_foreign_copy_turns_ready_at_its_end_and_keeps_running() -> None:
     host = web_host()
     sink = Recorder(host)
-    host.add_foreign_job(VDA, JobType.COPY, 0, end=GiB)
+    host.add_foreign_job(VDA, JobType.COPY, end=GiB)
     host.advance(60)
     assert (sink.job_events(), host.job(VDA), host.chain(VDA)) == (
         [JobEvent(VDA, JobType.COPY, JobOutcome.READY)],
-        BlockJob(JobType.COPY, GiB, GiB, 0),
+        BlockJob(JobType.COPY, GiB, GiB, None),
         (APP, BASE),
     )
 

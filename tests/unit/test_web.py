@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import gzip
 import http.client
 import logging
@@ -10,81 +9,19 @@ import shutil
 import socket
 import ssl
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import bcrypt
 import pytest
-import snapshots
 from certs import Pki, make_pki
+from live_server import BODY, PASSWORD_HASH, TIMEOUT, request, serving, write_config
 
-from exporter.web import server as web
-from exporter.web.config import WebConfig, load_web_config
-from exporter.web.server import (
-    DEFAULT_LISTEN_ADDRESS,
-    BasicAuth,
-    ListenAddressError,
-    WebServer,
-    parse_listen_address,
-    render_landing_page,
-)
-
-BODY = b'# TYPE blockpull_build_info gauge\nblockpull_build_info{version="t"} 1\n'
-PASSWORD_HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4))
-TIMEOUT = 10
+from exporter.web.config import WebConfig
+from exporter.web.server import DEFAULT_LISTEN_ADDRESS, ListenAddressError, parse_listen_address
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@contextmanager
-def serving(
-    config: WebConfig | None = None,
-    render: Callable[[], bytes] = lambda: BODY,
-    address: str = "127.0.0.1:0",
-) -> Iterator[WebServer]:
-    server = WebServer(address, config, render, lambda: "<html>landing</html>")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def request(
-    server: WebServer,
-    method: str = "GET",
-    path: str = "/metrics",
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-    host: str = "127.0.0.1",
-) -> tuple[int, http.client.HTTPMessage, bytes]:
-    if context is None:
-        conn: http.client.HTTPConnection = http.client.HTTPConnection(
-            host, server.port, timeout=TIMEOUT
-        )
-    else:
-        conn = http.client.HTTPSConnection(host, server.port, timeout=TIMEOUT, context=context)
-    try:
-        conn.request(method, path, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.headers, response.read()
-    finally:
-        conn.close()
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def write_config(directory: Path, text: str) -> WebConfig:
-    path = directory / "web.yml"
-    path.write_text(text)
-    return load_web_config(path)
 
 
 def tls_config(directory: Path, pki: Pki, extra: str = "") -> WebConfig:
@@ -272,89 +209,7 @@ def test_configured_headers_are_on_every_response(tmp_path: Path) -> None:
             assert request(server, path=path)[1]["X-Content-Type-Options"] == "nosniff"
 
 
-def test_landing_page_escapes_and_reports_the_policy_error() -> None:
-    snapshot = snapshots.snapshot(policy_reload_ok=False, policy_error="line 3: <bad> & worse")
-    page = render_landing_page("1.0", snapshot)
-    assert 'href="metrics"' in page
-    assert "last reload failed" in page
-    assert "line 3: &lt;bad&gt; &amp; worse" in page
-
-
 # Basic auth.
-
-
-@pytest.fixture
-def auth_config(tmp_path: Path) -> WebConfig:
-    return write_config(tmp_path, f"basic_auth_users:\n  alice: '{PASSWORD_HASH.decode()}'\n")
-
-
-def test_missing_credentials_get_401_with_a_challenge(auth_config: WebConfig) -> None:
-    with serving(auth_config) as server:
-        status, headers, _ = request(server)
-    assert status == 401
-    assert headers["WWW-Authenticate"].startswith('Basic realm="blockpull-exporter"')
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [
-        basic("alice", "wrong"),
-        basic("bob", "s3cret"),
-        {"Authorization": "Bearer s3cret"},
-        {"Authorization": "Basic !!!not-base64"},
-        {"Authorization": "Basic " + base64.b64encode(b"no-colon").decode()},
-    ],
-    ids=["wrong-password", "unknown-user", "other-scheme", "bad-base64", "no-colon"],
-)
-def test_bad_credentials_get_401(auth_config: WebConfig, headers: dict[str, str]) -> None:
-    with serving(auth_config) as server:
-        assert request(server, headers=headers)[0] == 401
-
-
-def test_good_credentials_get_the_metrics(auth_config: WebConfig) -> None:
-    with serving(auth_config) as server:
-        assert request(server, headers=basic("alice", "s3cret"))[:3:2] == (200, BODY)
-
-
-def test_auth_is_checked_before_routing(auth_config: WebConfig) -> None:
-    with serving(auth_config) as server:
-        assert request(server, "POST")[0] == 401
-        assert request(server, path="/nope")[0] == 401
-
-
-def test_successful_check_is_cached_so_bcrypt_runs_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = web.bcrypt.checkpw
-
-    def counting(password: bytes, hashed: bytes) -> bool:
-        calls.append(password)
-        return real(password, hashed)
-
-    monkeypatch.setattr(web.bcrypt, "checkpw", counting)
-    auth = BasicAuth({"alice": PASSWORD_HASH})
-    assert auth.check("alice", "s3cret")
-    assert auth.check("alice", "s3cret")
-    assert len(calls) == 1
-
-
-def test_failed_checks_are_never_cached(monkeypatch: pytest.MonkeyPatch) -> None:
-    auth = BasicAuth({"alice": PASSWORD_HASH})
-    assert not auth.check("alice", "wrong")
-    assert not auth.check("alice", "wrong")
-    assert auth.cached == 0
-
-
-def test_auth_cache_stays_bounded() -> None:
-    hashes = {f"user{i}": bcrypt.hashpw(b"pw", bcrypt.gensalt(4)) for i in range(5)}
-    auth = BasicAuth(hashes, cache_size=2)
-    for user in hashes:
-        assert auth.check(user, "pw")
-    assert auth.cached == 2
-
-
-def test_overlong_password_is_refused_not_crashed() -> None:
-    auth = BasicAuth({"alice": PASSWORD_HASH})
-    assert not auth.check("alice", "x" * 200)
 
 
 # TLS.

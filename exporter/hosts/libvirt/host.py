@@ -14,16 +14,17 @@ pull on its disk fails with "busy". `getAllDomainStats(BLOCK, BACKING)` would gi
 call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
 job: not used.
 
-Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags); 0 = unlimited.
+Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags). libvirt's 0 = unlimited is
+None everywhere else in the daemon: converted here, once each way (`_to_libvirt`,
+`_from_libvirt`).
 `abort()` uses `blockJobAbort(disk, 0)`, which waits until QEMU has cancelled the job (a few
 ms on a pull) and makes libvirt emit BLOCK_JOB_2 `canceled`.
 
 Connection: keepalive 5 s x 3 and a close callback. When the connection drops, the sink gets
-ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call after the backoff
-delay (0 for the first attempt, then doubling up to `max_backoff`, kept below the controller's
-own cap so that the controller's attempts are never refused here) reconnects, registers the
-event callbacks again and emits ConnectionEvent(up=True) so the controller resyncs. Nothing
-retries on its own: no thread sleeps or loops on reconnection.
+ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call tries to
+reconnect (how often is the caller's choice: the controller backs off, on its injected clock),
+registers the event callbacks again and emits ConnectionEvent(up=True) so the controller
+resyncs. Nothing retries on its own: no thread sleeps or loops on reconnection.
 """
 
 from __future__ import annotations
@@ -132,8 +133,6 @@ class LibvirtHost:
         connect: Connect = libvirt.open,
         clock: Callable[[], float] = time.monotonic,
         keepalive: tuple[int, int] = (5, 3),
-        min_backoff: float = 0.5,
-        max_backoff: float = 2.0,
         loop: EventLoop | None = None,
         job_sweep_interval: float = 300.0,
     ) -> None:
@@ -143,17 +142,12 @@ class LibvirtHost:
         self._connect = connect
         self._clock = clock
         self._keepalive = keepalive
-        self._min_backoff = min_backoff
-        self._max_backoff = max_backoff
         self._loop = loop if loop is not None else shared_loop()
         self._loop.acquire()
         self._lock = threading.Lock()
         self._session: _Session | None = None
         self._sink: EventSink | None = None
         self._ever_connected = False
-        self._failures = 0
-        self._next_attempt = 0.0
-        self._last_error = ""
         self._closed = False
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
@@ -225,9 +219,8 @@ class LibvirtHost:
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
-        speed = bandwidth or 0
         try:
-            self._start(dom, key, base, speed)
+            self._start(dom, key, base, _to_libvirt(bandwidth))
         except HostError as error:
             if error.reason is ErrorReason.DISK_BUSY:  # someone else's job: read it from now on
                 with self._lock:
@@ -253,7 +246,7 @@ class LibvirtHost:
     def set_speed(self, key: DiskKey, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
-        self._call(dom.blockJobSetSpeed, key.disk, bandwidth or 0, flags)
+        self._call(dom.blockJobSetSpeed, key.disk, _to_libvirt(bandwidth), flags)
 
     def abort(self, key: DiskKey) -> None:
         dom = self._handle(self._connection(), key.domain)
@@ -329,7 +322,7 @@ class LibvirtHost:
             type=_JOB_TYPES.get(info.get("type", 0), JobType.UNKNOWN),
             cur=int(info.get("cur", 0)),
             end=int(info.get("end", 0)),
-            bandwidth=int(info.get("bandwidth", 0)),
+            bandwidth=_from_libvirt(int(info.get("bandwidth", 0))),
         )
 
     def _handle(self, conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
@@ -367,13 +360,6 @@ class LibvirtHost:
             if session is not None and not session.lost:
                 return session.conn
             self._session = None
-            now = self._clock()
-            if now < self._next_attempt:
-                wait = self._next_attempt - now
-                raise HostError(
-                    ErrorReason.CONNECTION,
-                    f"{self._uri} unreachable, next attempt in {wait:.1f} s: {self._last_error}",
-                )
         if session is not None:
             _dispose(session)
         return self._reconnect()
@@ -388,18 +374,10 @@ class LibvirtHost:
         except libvirt.libvirtError as error:
             if session is not None:
                 _dispose(session)
-            failure = host_error(error)
-            with self._lock:
-                self._failures += 1
-                delay = self._min_backoff * 2 ** (self._failures - 1)
-                self._next_attempt = self._clock() + min(delay, self._max_backoff)
-                self._last_error = failure.message
-            raise HostError(ErrorReason.CONNECTION, failure.message) from error
+            raise HostError(ErrorReason.CONNECTION, host_error(error).message) from error
         with self._lock:
             reconnected = self._ever_connected
             self._ever_connected = True
-            self._failures = 0
-            self._next_attempt = 0.0
             self._session = session
             self._domains = {}
             self._sweep.restart()  # jobs may have started or ended while disconnected
@@ -468,6 +446,14 @@ class LibvirtHost:
             sink(event)
         except Exception:  # a broken sink must not unwind into libvirt's C event loop
             log.exception("event sink failed on %s", event)
+
+
+def _to_libvirt(bandwidth: int | None) -> int:
+    return 0 if bandwidth is None else bandwidth  # libvirt: 0 = unlimited
+
+
+def _from_libvirt(bandwidth: int) -> int | None:
+    return bandwidth if bandwidth > 0 else None  # libvirt: 0 = unlimited
 
 
 def _dispose(session: _Session) -> None:

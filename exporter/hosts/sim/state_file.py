@@ -1,20 +1,19 @@
 """`sim:///path/to/state.json`: the simulated host behind the CLI, kept in a JSON file.
 
 Every call re-reads the file when another process has changed it, catches up with the clock
-(so time passes while nobody looks), and a mutating call writes it back atomically (temp file
-+ os.replace) under an fcntl lock on `<file>.lock`. A job's progress is a function of time,
-not of who looked, so a daemon and a separate `status` process see the same progress. A
-missing file is created with a demo scenario (`demo_host`).
+(so time passes while nobody looks), and a mutating call writes it back atomically
+(`exporter.files.write_atomically`) under an fcntl lock on `<file>.lock`. A job's progress is
+a function of time, not of who looked, so a daemon and a separate `status` process see the
+same progress. A missing file is created with a demo scenario (`demo_host`).
 
-File format: {"format": "blockpull-exporter-sim", "version": 1, "host": <SimulatedHost state>}.
+File format: {"format": "blockpull-exporter-sim", "version": 1, "host": <a world's state>}, the
+world's state as `exporter.hosts.sim.state` writes it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,11 +23,15 @@ from urllib.parse import unquote
 
 from exporter.core.clock import Clock
 from exporter.core.model import DomainState, ErrorReason, HostError
-from exporter.hosts.sim.world import NO_LATENCY, GiB, Latency, MiB, SimDisk, SimulatedHost
+from exporter.files import NotRegularFileError, read_regular_file, write_atomically
+from exporter.hosts.sim import state
+from exporter.hosts.sim.host import NO_LATENCY, Latency, SimulatedHost
+from exporter.hosts.sim.records import GiB, MiB, SimDisk
 
 SCHEME = "sim://"
 FORMAT = "blockpull-exporter-sim"
 FILE_VERSION = 1
+MAX_STATE_BYTES = 256 * 1024**2  # a 4,000-disk host is a few MiB; a bigger file is not ours
 
 TEMPLATES = "/var/lib/libvirt/images/templates"
 IMAGES = "/var/lib/libvirt/images"
@@ -59,7 +62,7 @@ def open_sim_host(uri: str, clock: Clock) -> SimFileHost:
 
 
 def demo_host(now: float) -> SimulatedHost:
-    """Six running domains on template-backed overlays, as the DESIGN.md policy sketch expects.
+    """Six running domains on template-backed overlays, as the example policies expect.
 
     web-1..4: vda -> web-app-3 (1 GiB) -> os-base-12 (2 GiB).
     db-1..2:  vda -> db-2 (2 GiB) -> os-base-12 (2 GiB), and an independent data disk vdb.
@@ -106,10 +109,12 @@ class SimFileHost(SimulatedHost):
         return self._path
 
     def _begin_persistence(self, mutating: bool) -> None:
-        handle = self._lock_path.open("a")
+        with _unreachable_on_os_error(self._path):
+            handle = self._lock_path.open("a")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if mutating else fcntl.LOCK_SH)
-            self._reload_locked()
+            with _unreachable_on_os_error(self._path):
+                fcntl.flock(handle, fcntl.LOCK_EX if mutating else fcntl.LOCK_SH)
+                self._reload_locked()
         except BaseException:
             handle.close()  # closing drops the lock
             raise
@@ -119,7 +124,8 @@ class SimFileHost(SimulatedHost):
         handle, self._lock_handle = self._lock_handle, None
         try:
             if mutating:
-                self._write(self._state_locked())
+                with _unreachable_on_os_error(self._path):
+                    self._write(state.encode(self._parts_locked()))
         finally:
             if handle is not None:
                 handle.close()
@@ -128,48 +134,40 @@ class SimFileHost(SimulatedHost):
         # Unchanged bytes keep the in-memory state, which may be ahead of the file: events
         # already delivered for it are not delivered twice.
         try:
-            raw = self._path.read_bytes()
+            raw = read_regular_file(self._path, max_bytes=MAX_STATE_BYTES, follow_links=False)
         except FileNotFoundError as error:
             raise HostError(ErrorReason.CONNECTION, f"{self._path} vanished") from error
+        except NotRegularFileError as error:
+            raise SimStateError(f"{self._path}: {error.kind}, not a regular file") from error
         if raw == self._loaded:
             return
         try:
-            self._restore_locked(_parse(raw, self._path))
+            self._install_locked(state.decode(_parse(raw, self._path)))
         except (KeyError, TypeError, ValueError, HostError) as error:
             if isinstance(error, SimStateError):
                 raise
             raise SimStateError(f"{self._path}: malformed host state: {error!r}") from error
         self._loaded = raw
 
-    def _write(self, state: dict[str, Any]) -> None:
-        self._loaded = _write_state(self._path, state)
+    def _write(self, host_state: dict[str, Any]) -> None:
+        raw = _file_bytes(host_state)
+        write_atomically(self._path, raw)
+        self._loaded = raw
 
 
 def save_sim_host(path: Path, host: SimulatedHost) -> None:
     """Write `host` as the state file of `sim://<path>`: scenarios for tests, benchmarks and
     the fleet demo. Not for a file a running daemon uses (no lock is taken)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_state(path, host.to_state())
+    write_atomically(path, _file_bytes(host.to_state()))
 
 
-def _write_state(path: Path, state: dict[str, Any]) -> bytes:
-    """Replace the file atomically (temp file + os.replace); returns the bytes written."""
-    raw = (json.dumps(_document(state), indent=1) + "\n").encode()
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(temp).replace(path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return raw
+def _file_bytes(host_state: dict[str, Any]) -> bytes:
+    return (json.dumps(_document(host_state), indent=1) + "\n").encode()
 
 
-def _document(state: dict[str, Any]) -> dict[str, Any]:
-    return {"format": FORMAT, "version": FILE_VERSION, "host": state}
+def _document(host_state: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "version": FILE_VERSION, "host": host_state}
 
 
 def _parse(raw: bytes, path: Path) -> dict[str, Any]:
@@ -187,6 +185,18 @@ def _parse(raw: bytes, path: Path) -> dict[str, Any]:
     if not isinstance(host, dict):
         raise SimStateError(f"{path}: no host state")
     return host
+
+
+@contextmanager
+def _unreachable_on_os_error(path: Path) -> Iterator[None]:
+    """The file is this host's libvirtd: when it cannot be read or written (too many open
+    files, a full disk), the host is unreachable, which the daemon survives and retries."""
+    try:
+        yield
+    except NotRegularFileError:
+        raise
+    except OSError as error:
+        raise HostError(ErrorReason.CONNECTION, f"{path}: {error.strerror or error}") from error
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_server import free_port
+from harness.loopback import free_port
 
 ETCD = "etcd"
 START_TIMEOUT = 30.0

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from prometheus_server import free_port
+from harness.loopback import free_port
 
 CHUNK = 65536
 IDLE_TIMEOUT = 120.0  # a connection nobody uses for this long is closed

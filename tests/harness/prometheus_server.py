@@ -15,7 +15,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,18 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.loopback import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "prometheus" / "alerts.yml"
 PROMETHEUS = "/usr/bin/prometheus"
 JOB = "blockpull-exporter"  # the scrape job name prometheus/alerts.yml assumes
 READY_TIMEOUT = 90.0  # a cold start on a loaded 2-core machine takes a few seconds
-
-
-def free_port() -> int:
-    """A port the kernel just handed out on 127.0.0.1 (a race is retried by the callers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prometheus_config(targets: Sequence[str], rule_file: Path | None) -> str:

@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter_process import ExporterProcess, parse_metrics
-
 from exporter.core.model import DomainState
+from exporter.hosts.sim.host import SimulatedHost
+from exporter.hosts.sim.records import MiB, SimDisk
 from exporter.hosts.sim.state_file import save_sim_host
-from exporter.hosts.sim.world import MiB, SimDisk, SimulatedHost
+from harness.daemon_process import DaemonProcess, parse_metrics
 
 GROUP = "filer-a"
 GROUP_FOLDER = "/mnt/filer-a"
@@ -91,16 +91,18 @@ def sim_daemons(
     ttl: float,
     log_level: str = "info",
     extra_args: Sequence[str] = (),
-) -> Iterator[list[ExporterProcess]]:
+) -> Iterator[list[DaemonProcess]]:
     """`count` daemons, each on its own simulated host of `domains` group disks, all in one
     group through `url`; every one of them stopped on the way out."""
-    daemons: list[ExporterProcess] = []
+    daemons: list[DaemonProcess] = []
     try:
         for n in range(count):
             folder = workdir / f"host-{n}"
             host = sim_host_file(folder / "host.json", domains, disk_size, prefix=f"h{n}")
             args = [*coordination_args(url, ttl), *extra_args]
-            daemon = ExporterProcess(folder, f"sim://{host}", args, log_level=log_level)
+            daemon = DaemonProcess(
+                folder, f"sim://{host}", args, log_level=log_level, own_domains_only=False
+            )
             daemon.policy.write_text(policy)
             daemons.append(daemon)
         with ThreadPoolExecutor(max_workers=min(count, START_TOGETHER)) as pool:
@@ -125,7 +127,7 @@ class Sweep:
 
 @dataclass
 class FleetSampler:
-    daemons: Sequence[ExporterProcess]
+    daemons: Sequence[DaemonProcess]
     interval: float = 0.2  # five sweeps a second
     sweeps: list[Sweep] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)

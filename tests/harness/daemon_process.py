@@ -1,13 +1,14 @@
 """The real daemon, `blockpull-exporter run`, as a subprocess for end-to-end and fault tests.
 
-`ExporterProcess` runs it on a free loopback port with its policy file, state dir and logs in
+`DaemonProcess` runs it on a free loopback port with its policy file, state dir and logs in
 one work dir; it can be killed or terminated and started again (each run logs to its own
-daemon-<n>.log), and reads and waits for values on its own /metrics. `running_exporter(policy,
-uri, workdir)` is the usual way in: started, and stopped in a finally whatever happens.
-`policy_for_domains(...)` writes the only kind of policy these tests may use: one rule that
-names exactly the test's own domains.
+daemon-<n>.log), and reads and waits for values on its own /metrics. `running_daemon_process(
+policy, uri, workdir)` is the usual way in: started, and stopped in a finally whatever happens.
+On the shared libvirtd it refuses, at each start, a policy that could select someone else's
+domain (own_names.require_own_policy).
 
-No libvirt import here: the unit test of the metrics table runs it against the simulated host.
+No libvirt import here: the unit test of the README's metrics table runs it against the
+simulated host.
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_server import free_port
 
 from exporter.core.model import DiskKey
+from harness.loopback import free_port
+from harness.own_names import require_own_policy
+from harness.policy_files import write_policy
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # the daemon runs from the repository root
 READY_TIMEOUT = 60.0
 START_ATTEMPTS = 3  # free_port() races with every other process on the machine
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -47,47 +50,6 @@ def daemon_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
 
 
-def policy_for_domains(
-    domains: Sequence[str],
-    bandwidth: str = "6MiB/s",
-    max_concurrent: int = 500,
-    max_attempts: int = 5,
-    backoff: str = "2s",
-    max_backoff: str = "2s",
-    rule: str = "e2e",
-    window: str | None = None,
-) -> str:
-    """A policy whose only rule selects exactly `domains`, by name.
-
-    Never a glob: other suites share this libvirtd, and a catch-all would pull their disks.
-    max_concurrent is very high by default because jobs of other suites' domains count against
-    it (they are foreign jobs to this daemon, each taking a slot). `window`: the name of a
-    window open all day, every day, that the rule lists (so blockpull_window_active has a
-    series).
-    """
-    if not domains:
-        raise ValueError("a test policy must name its domains")
-    for name in domains:
-        if any(c in name for c in "*?[]"):
-            raise ValueError(f"{name!r}: test policies name domains exactly, no globs")
-    names = ", ".join(f'"{d}"' for d in domains)
-    windows = f"windows:\n  {window}: {{days: daily}}\n" if window else ""
-    rule_windows = f"    windows: [{window}]\n" if window else ""
-    return (
-        "version: 1\n"
-        "defaults:\n"
-        f"  bandwidth: {bandwidth}\n"
-        f"  max_concurrent: {max_concurrent}\n"
-        f"  retry: {{max_attempts: {max_attempts}, backoff: {backoff}, "
-        f"max_backoff: {max_backoff}}}\n"
-        f"{windows}"
-        "rules:\n"
-        f"  - name: {rule}\n"
-        f"    domains: [{names}]\n"
-        f"{rule_windows}"
-    )
-
-
 def parse_metrics(text: str) -> Samples:
     return {
         (sample.name, frozenset(sample.labels.items())): sample.value
@@ -97,17 +59,20 @@ def parse_metrics(text: str) -> Samples:
 
 
 @dataclass
-class ExporterProcess:
+class DaemonProcess:
     """The daemon with `workdir`/policy.yaml and `workdir`/state on `uri`.
 
     Not started on construction, so a test can write its policy (or a broken state file)
     first; start() again after kill() or terminate() is a restart on the same state dir.
+    `own_domains_only`: refuse a policy that may select others' domains; off only where the
+    host is private (the simulated host) or the run is read-only by design.
     """
 
     workdir: Path
     uri: str
     extra_args: Sequence[str] = ()
     log_level: str = "debug"
+    own_domains_only: bool = True
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     runs: int = 0
@@ -133,6 +98,8 @@ class ExporterProcess:
         """Runs the daemon and waits until its first reconcile has finished (or found libvirt
         down); a port taken by someone else meanwhile is retried on a fresh one."""
         assert not self.running(), "already running"
+        if self.own_domains_only:
+            require_own_policy(self.policy)
         for _ in range(START_ATTEMPTS):
             self._launch()
             if self._wait_ready(timeout):
@@ -303,13 +270,17 @@ class ExporterProcess:
 
 
 @contextlib.contextmanager
-def running_exporter(
-    policy: str, uri: str, workdir: Path, extra_args: Sequence[str] = ()
-) -> Iterator[ExporterProcess]:
+def running_daemon_process(
+    policy: str,
+    uri: str,
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    own_domains_only: bool = True,
+) -> Iterator[DaemonProcess]:
     """The daemon with `policy` (YAML text) on `uri`, ready; stopped on the way out."""
     workdir.mkdir(parents=True, exist_ok=True)
-    daemon = ExporterProcess(workdir, uri, extra_args)
-    daemon.policy.write_text(policy)
+    daemon = DaemonProcess(workdir, uri, extra_args, own_domains_only=own_domains_only)
+    write_policy(daemon.policy, policy)
     try:
         daemon.start()
         yield daemon
