@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from exporter.core.model import DiskKey
+from exporter.core.shared import GroupUse
 from exporter.policy.values import Budget
 
 
@@ -28,6 +29,7 @@ class AbortReason(StrEnum):
     SHUTDOWN = "shutdown"  # daemon told to abort on exit
     DOMAIN_STOPPED = "domain_stopped"  # seen on re-read: domain gone or shut off mid-pull
     EXTERNAL = "external"  # job vanished, chain unchanged, no failure event: canceled by others
+    COORDINATION_LOST = "coordination_lost"  # a shared group's lease may have expired
 
 
 @dataclass(frozen=True)
@@ -77,3 +79,4 @@ class Plan:
     # the next plan, on the host after acting, makes exactly these; the controller plans again
     # at once when there are any. Sorted.
     held_starts: tuple[DiskKey, ...] = ()
+    groups: tuple[GroupUse, ...] = ()  # this host's part in each shared group, policy order

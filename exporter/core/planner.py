@@ -49,6 +49,12 @@ order.
    at most `available` bytes/s worth of pulls run: fewer start, and kept pulls beyond that are
    aborted (OVER_BUDGET) - the aggregate of limits never exceeds the budget.
 
+   Shared groups (`exporter.core.shared`): a group pull also needs a slot of every group it
+   is in, as this host's allowance grants; running group pulls without one are aborted
+   (COORDINATION_LOST when the allowance is lost, OVER_BUDGET otherwise), candidates without
+   one wait and leave the host slot to the next candidate, and a group pull's limit is the
+   lowest of the host share and its groups' shares. Pulls outside every group are unaffected.
+
 5. Actions come in an order that keeps the aggregate within the budget when applied one by
    one: aborts, speed cuts, starts (best first), speed raises. Aborts and speed changes are
    sorted by key.
@@ -59,8 +65,8 @@ order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from enum import Enum
 
@@ -79,6 +85,7 @@ from exporter.core.decisions import (
 from exporter.core.memory import Memory
 from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
 from exporter.core.selection import CompiledRule, first_match, selector_for
+from exporter.core.shared import GroupAllowance, GroupLedger, group_uses, groups_of
 from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
 
 __all__ = ["backoff_delay", "plan"]
@@ -107,6 +114,7 @@ class _Triage:
     job: BlockJob | None
     base: str | None  # keep_base image for a candidate's StartPull
     rule_open: bool
+    groups: tuple[str, ...] = ()  # shared groups of a managed pull or candidate
 
     @property
     def order(self) -> tuple[int, str, str]:
@@ -260,7 +268,10 @@ def _triage_all(ctx: _Context, observation: Observation) -> list[_Triage]:
         for disk in domain.disks:
             match = first_match(rules, disk)
             is_open = opened[match.rule.name] if match is not None else False
-            out.append(_triage(ctx, domain, disk, match, is_open))
+            item = _triage(ctx, domain, disk, match, is_open)
+            if ctx.policy.shared and item.role in (_Role.MANAGED, _Role.CANDIDATE):
+                item = replace(item, groups=groups_of(ctx.policy.shared, disk))
+            out.append(item)
     return out
 
 
@@ -336,6 +347,37 @@ def _one_pull_per_domain(
     return chosen, deferred, freed
 
 
+def _split_by_groups(
+    items: list[_Triage], ledger: GroupLedger, starting: bool
+) -> tuple[list[_Triage], list[tuple[_Triage, str]]]:
+    """Items (in order) whose groups all have a slot for them, and the others with why not."""
+    fits: list[_Triage] = []
+    refused: list[tuple[_Triage, str]] = []
+    for item in items:
+        if not item.groups:
+            fits.append(item)
+            continue
+        why = ledger.refusal(item.groups) if starting else ""
+        if ledger.start(item.groups) if starting else ledger.keep(item.groups):
+            fits.append(item)
+        else:
+            refused.append((item, why))
+    return fits, refused
+
+
+def _group_abort(item: _Triage, ledger: GroupLedger) -> tuple[AbortPull, DiskDecision]:
+    names = ", ".join(item.groups)
+    state = DiskState.PENDING if item.rule_open else DiskState.WAITING_WINDOW
+    if ledger.lost(item.groups):
+        why = (
+            f"pull aborted: the coordination lease of shared group {names} may have expired; "
+            "it resumes when the coordination service is back"
+        )
+        return AbortPull(item.key, AbortReason.COORDINATION_LOST), item.decided(state, why)
+    why = f"pull aborted: shared group {names} has no slot left for it on this host"
+    return AbortPull(item.key, AbortReason.OVER_BUDGET), item.decided(state, why)
+
+
 def plan(
     observation: Observation,
     policy: Policy,
@@ -343,10 +385,13 @@ def plan(
     memory: Memory,
     *,
     state_saved: bool = True,
+    allowances: Mapping[str, GroupAllowance] | None = None,
 ) -> Plan:
     """What to do on the host now, and a state with a reason for every disk.
 
     `state_saved`: whether the daemon's last save of `memory` succeeded; False starts nothing.
+    `allowances`: this host's share of each shared group (None: no coordinator, so group
+    pulls do not run).
     """
     open_windows = schedule.open_windows(policy, now)
     budget = schedule.budget_at(policy, open_windows)
@@ -354,11 +399,14 @@ def plan(
     triaged = _triage_all(ctx, observation)
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
-    managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    candidates, same_domain, freed = _one_pull_per_domain(triaged)
+    all_managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
+    all_candidates, same_domain, freed = _one_pull_per_domain(triaged)
     unsaved: list[_Triage] = []
     if not state_saved:
-        unsaved, candidates = candidates, []
+        unsaved, all_candidates = all_candidates, []
+    ledger = GroupLedger(allowances or {})
+    managed, group_over = _split_by_groups(all_managed, ledger, starting=False)
+    candidates, group_waiting = _split_by_groups(all_candidates, ledger, starting=True)
     alloc = allocate(budget, foreign, len(managed), len(candidates))
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
     started = [t for t in candidates[: alloc.start] if t.key.domain not in freed]
@@ -382,12 +430,20 @@ def plan(
         else:
             why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
+    for item, _ in group_over:
+        abort, decision = _group_abort(item, ledger)
+        aborts.append(abort)
+        decided[item.key] = decision
     for item in kept:
         current = item.job.bandwidth if item.job is not None else None
-        if current != share:
-            speed = SetSpeed(item.key, share, _speed_reason(budget, pulls))
-            (cuts if _is_lower(share, current) else raises).append(speed)
-    starts = [StartPull(t.key, t.base, share, _start_reason(t)) for t in started]
+        limit = ledger.limit(item.groups, share)
+        if current != limit:
+            why = _speed_reason(budget, pulls) if limit == share else "share of its shared group"
+            speed = SetSpeed(item.key, limit, why)
+            (cuts if _is_lower(limit, current) else raises).append(speed)
+    starts = [
+        StartPull(t.key, t.base, ledger.limit(t.groups, share), _start_reason(t)) for t in started
+    ]
     for item in started:
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     for item in held:
@@ -402,6 +458,14 @@ def plan(
     for item in unsaved:
         why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
         decided[item.key] = item.decided(DiskState.PENDING, why)
+    for item, why in group_waiting:
+        decided[item.key] = item.decided(DiskState.PENDING, why)
+    uses = group_uses(
+        policy.shared,
+        ((t.groups, ledger.limit(t.groups, share)) for t in (*kept, *started) if t.groups),
+        (t.groups for t in (*candidates[alloc.start :], *(w for w, _ in group_waiting))),
+        budget.max_concurrent,
+    )
 
     decisions = tuple(
         sorted(
@@ -422,4 +486,5 @@ def plan(
         open_windows=open_windows,
         next_wake=_next_wake(policy, now, decisions),
         held_starts=tuple(sorted((t.key for t in held), key=lambda k: (k.domain, k.disk))),
+        groups=uses,
     )

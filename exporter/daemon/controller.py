@@ -1,9 +1,12 @@
 """The controller: the daemon's only loop.
 
-It wakes on a host event, a timer, a window boundary, a policy reload or a signal; observes the
-host; settles the outcome of tracked pulls from the re-read chain; plans; acts; publishes an
-immutable snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or
-a libvirtd restart costs a resync and nothing else.
+It wakes on a host event, a timer, a window boundary, a policy reload, a coordinator round or
+a signal; observes the host; settles the outcome of tracked pulls from the re-read chain; plans
+(with the coordinator's allowance per shared group); acts; publishes an immutable snapshot.
+Level-triggered: events only wake it, so a lost event, a daemon restart or a libvirtd restart
+costs a resync and nothing else. One module although just over 500 lines: every step reads
+and writes the same loop state, and its pieces (state saving, outcomes, planning) already live
+elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.core.clock import Clock, now_of
+from exporter.core.coordinator import CoordinationChanged, Coordinator, NoCoordinator
 from exporter.core.decisions import (
     AbortPull,
     AbortReason,
@@ -82,7 +86,7 @@ class Shutdown:
     """SIGTERM/SIGINT: stop after the current step."""
 
 
-Wake = HostEvent | Reload | Shutdown
+Wake = HostEvent | CoordinationChanged | Reload | Shutdown
 
 
 class Notifier(Protocol):
@@ -118,8 +122,10 @@ class Controller:
         store: StateStore | None = None,
         options: ControllerOptions | None = None,
         notifier: Notifier | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._host = host
+        self._coordinator: Coordinator = coordinator or NoCoordinator()  # none: groups run nothing
         self._source = source
         self._clock = clock
         self._store = store
@@ -157,6 +163,7 @@ class Controller:
         self._next_file_check = now + self._options.file_check_interval
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
+        self._coordinator.subscribe(self.inbox.put)
 
     @property
     def policy(self) -> Policy:
@@ -200,12 +207,16 @@ class Controller:
     def step(self, wakes: Iterable[Wake]) -> None:
         """Handle the given wake-ups and whatever timers are due; one reconcile at most."""
         full = False
+        publish = False  # the coordinator's status changed: a new snapshot, no reconcile
         for wake in wakes:
             if isinstance(wake, JobEvent):
                 self._events[wake.key] = wake.outcome
                 full = True
             elif isinstance(wake, LifecycleEvent):
                 full = True
+            elif isinstance(wake, CoordinationChanged):
+                full |= wake.allowances
+                publish = True
             elif isinstance(wake, ConnectionEvent):
                 self._libvirt_up = wake.up
                 self._connect_backoff = 0.0
@@ -223,6 +234,8 @@ class Controller:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
+        elif publish:
+            self.snapshot = self._build_snapshot()
 
     def shutdown(self) -> None:
         self._notifier.stopping()
@@ -281,6 +294,7 @@ class Controller:
             now_of(self._clock),
             self._memory,
             state_saved=self._state.saved,
+            allowances=self._coordinator.allowances(self._clock.monotonic()),
         )
         self._adopt(current, observation, epoch)
         disks = observation.disks()
@@ -288,6 +302,7 @@ class Controller:
             self._apply(action, disks.get(action.key, (None, None))[1])
         again = bool(current.held_starts) and not self._host_refused
         self._plan = current
+        self._coordinator.report(policy.shared, current.groups)
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
@@ -327,6 +342,7 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
+        deadline = min(deadline, self._coordinator.lease_end(now))  # group pulls stop in time
         # The host changed under an action, or starts wait behind aborts: look again soon.
         if self._host_refused or current.held_starts:
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
@@ -504,4 +520,5 @@ class Controller:
             last_reconcile_success_at=self._last_success,
             state_saved=self._state.saved,
             state_save_failures=self._state.failures,
+            coordination=self._coordinator.status(),
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from exporter.core.coordinator import CoordinationStatus
 from exporter.core.decisions import AbortReason, Plan
 from exporter.core.model import BlockJob, DiskKey
 
@@ -59,3 +60,4 @@ class Snapshot:
     last_reconcile_success_at: float | None
     state_saved: bool = True  # False while saving the state fails: no new pull starts then
     state_save_failures: int = 0  # failed saves since the daemon started
+    coordination: CoordinationStatus | None = None  # None: no coordinator (no shared groups)
