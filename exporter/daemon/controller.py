@@ -369,7 +369,7 @@ class Controller:
             if last is not None and key in self._copy_cursor:  # the stretch after the last read
                 self._copied[key] += max(last.end - self._copy_cursor[key], 0)
             self._memory = self._memory.with_success(key)
-            log.info("pull of %s completed", key)
+            log.info("pull of %s completed", key, extra=_fields(key))
         elif outcome.kind is OutcomeKind.FAILED:
             self._count_failure(key, disk, epoch)
             last = self._jobs.get(key)
@@ -380,11 +380,17 @@ class Controller:
                 last.cur if last else "?",
                 last.end if last else "?",
                 " <- ".join(disk.chain) if disk else "?",
+                extra=_fields(key),
             )
         else:
             assert outcome.reason is not None
             self._aborted[(key, outcome.reason)] += 1
-            log.info("pull of %s ended without completing: %s", key, outcome.reason)
+            log.info(
+                "pull of %s ended without completing: %s",
+                key,
+                outcome.reason,
+                extra=_fields(key, outcome.reason),
+            )
 
     def _count_failure(self, key: DiskKey, disk: Disk | None, epoch: float) -> None:
         fingerprint = disk.fingerprint if disk is not None else ""
@@ -406,7 +412,9 @@ class Controller:
                 decision.key, TrackedJob(base=None, started_at=epoch, chain_before=disk.chain)
             )
             self._started[decision.key] += 1
-            log.info("adopted a pull already running on %s", decision.key)
+            log.info(
+                "adopted a pull already running on %s", decision.key, extra=_fields(decision.key)
+            )
 
     def _apply(self, action: Action, disk: Disk | None) -> None:
         try:
@@ -417,7 +425,9 @@ class Controller:
                     action.key, TrackedJob(action.base, self._clock.time(), chain)
                 )
                 self._started[action.key] += 1
-                log.info("started pull of %s: %s", action.key, action.reason)
+                log.info(
+                    "started pull of %s: %s", action.key, action.reason, extra=_fields(action.key)
+                )
             elif isinstance(action, SetSpeed):
                 self._host.set_speed(action.key, action.bandwidth)
             else:
@@ -425,11 +435,23 @@ class Controller:
                 if action.key in self._memory.tracked:
                     self._memory = self._memory.without_tracked(action.key)
                     self._aborted[(action.key, action.reason)] += 1
-                log.info("aborted pull of %s: %s", action.key, action.reason)
+                log.info(
+                    "aborted pull of %s: %s",
+                    action.key,
+                    action.reason,
+                    extra=_fields(action.key, action.reason),
+                )
         except HostError as error:
             # A job that ended between the observation and the action is no cause for alarm.
             level = logging.INFO if error.reason is ErrorReason.NO_JOB else logging.WARNING
-            log.log(level, "%s on %s failed: %s", type(action).__name__, action.key, error)
+            log.log(
+                level,
+                "%s on %s failed: %s",
+                type(action).__name__,
+                action.key,
+                error,
+                extra=_fields(action.key, error.reason),
+            )
             self._host_refused = True
             if isinstance(action, StartPull) and error.reason not in RACE_REASONS:
                 self._count_failure(action.key, disk, self._clock.time())
@@ -522,3 +544,11 @@ class Controller:
             state_save_failures=self._state.failures,
             coordination=self._coordinator.status(),
         )
+
+
+def _fields(key: DiskKey, reason: object = None) -> dict[str, str]:
+    """A log record's structured fields (`--log.format`): which disk, and why when there is one."""
+    fields = {"domain": key.domain, "disk": key.disk}
+    if reason is not None:
+        fields["reason"] = str(reason)
+    return fields
