@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from exporter import __version__
 
@@ -31,9 +32,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a bad flag value said in one line (it names the flag) and exit 2; the
+    usage is for --help, not for an error message in a journal."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """The full parser for the `chosen` subcommand; the others only by name and help."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="blockpull-exporter",
         description="Drive libvirt block pulls from a declarative policy; export Prometheus "
         "metrics.",

@@ -59,11 +59,12 @@ def _read_stdin() -> bytes:
 
 
 def summary(policy: Policy) -> str:
-    """`version 1, 3 windows, 4 rules, timezone Europe/Berlin`."""
+    """`version 1, 3 windows, 4 rules, timezone Europe/Berlin` (`, 1 shared group` if any)."""
     timezone = policy.timezone or "host local"
+    shared = f", {_count(len(policy.shared), 'shared group')}" if policy.shared else ""
     return (
         f"version {policy.version}, {_count(len(policy.windows), 'window')}, "
-        f"{_count(len(policy.rules), 'rule')}, timezone {timezone}"
+        f"{_count(len(policy.rules), 'rule')}, timezone {timezone}{shared}"
     )
 
 

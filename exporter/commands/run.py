@@ -74,6 +74,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort the daemon's running pulls on exit (default: leave them running; "
         "they are adopted on the next start)",
     )
+    parser.add_argument(
+        "--coordination.url",
+        dest="coordination_url",
+        default=None,
+        metavar="URL",
+        help="tooz backend URL of the coordination service that the policy's shared groups "
+        "are budgeted through, e.g. etcd3+http://127.0.0.1:2379 (default: none; a policy "
+        "with shared groups then refuses to start)",
+    )
+    parser.add_argument(
+        "--coordination.lease-ttl",
+        dest="coordination_lease_ttl",
+        type=cli_options.seconds_between(3, 600),
+        default=30.0,
+        metavar="SECONDS",
+        help="lease time-to-live of this host's group membership and slots: a dead host's "
+        "share passes on within it, and a host cut off from the service stops its group "
+        "pulls before it ends; 3 to 600 (default: 30)",
+    )
     cli_options.add_logging(parser)
 
 
@@ -103,8 +122,32 @@ def main(args: argparse.Namespace) -> int:
         print(f"blockpull-exporter: {error}", file=sys.stderr)
         return 1
 
+    if source.policy.shared and args.coordination_url is None:
+        names = ", ".join(group.name for group in source.policy.shared)
+        print(
+            f"blockpull-exporter: {args.policy_file}: shared groups ({names}) need a "
+            "coordination service: give --coordination.url (e.g. etcd3+http://127.0.0.1:2379), "
+            "or remove the `shared` section",
+            file=sys.stderr,
+        )
+        return 1
+    if args.coordination_url is not None:
+        from exporter.fleet import url_problem
+
+        problem = url_problem(args.coordination_url)
+        if problem is not None:
+            print(f"blockpull-exporter: --coordination.url: {problem}", file=sys.stderr)
+            return 1
+
     clock = SystemClock()
     host = open_host(args.libvirt_uri, clock)
+    coordinator = None
+    if args.coordination_url is not None:
+        from exporter.fleet import open_coordinator
+
+        coordinator = open_coordinator(
+            args.coordination_url, round(args.coordination_lease_ttl), clock
+        )
     controller = Controller(
         host,
         source,
@@ -116,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
             abort_on_shutdown=args.abort_on_shutdown,
         ),
         Notifier(),
-        HoldStore(args.state_dir),
+        holds=HoldStore(args.state_dir),
+        coordinator=coordinator,
     )
     renderer = MetricsRenderer(__version__)
     server = WebServer(
@@ -133,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
             f"blockpull-exporter: cannot listen on {args.listen_address}: {error}", file=sys.stderr
         )
         host.close()
+        if coordinator is not None:
+            coordinator.close()
         return 1
 
     def reload(*_: object) -> None:  # only wake-ups here: the loops do the loading
@@ -153,5 +199,7 @@ def main(args: argparse.Namespace) -> int:
         controller.run()
     finally:
         server.stop()
+        if coordinator is not None:
+            coordinator.close()
     log.info("stopped")
     return 0

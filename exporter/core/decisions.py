@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from exporter.core.model import DiskKey
+from exporter.core.shared import GroupUse
 from exporter.core.space import SpaceCheck
 from exporter.policy.values import Budget
 
@@ -34,6 +36,7 @@ class AbortReason(StrEnum):
     LOW_SPACE = "low_space"  # its file system fell below min_free (filled by something else)
     HELD = "held"  # an operator put a hold on the domain
     DESELECTED = "deselected"  # a reloaded policy no longer selects the disk, or ignores it
+    COORDINATION_LOST = "coordination_lost"  # a shared group's lease may have expired
 
 
 @dataclass(frozen=True)
@@ -88,4 +91,6 @@ class Plan:
     # there: plan again with `Observation.with_inspections` of them.
     inspect: frozenset[str] = frozenset()
     space: tuple[SpaceCheck, ...] = ()  # the file systems the min_free guard measured
-    pull_bandwidth: int | None = None  # the limit every pull of the daemon's runs at
+    # The limit each pull of the daemon's runs at (bytes/s; None: unlimited), by disk.
+    limits: Mapping[DiskKey, int | None] = field(default_factory=dict)
+    groups: tuple[GroupUse, ...] = ()  # this host's part in each shared group, policy order

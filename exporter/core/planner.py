@@ -52,6 +52,11 @@ operators' holds (`holds`).
    WAITING_SPACE, and the next candidate may take the slot).
    While the daemon cannot save its state (`state_saved` False) no candidate
    starts: a restart could not adopt the pull. They wait, PENDING; running pulls go on.
+   Shared groups (`exporter.core.shared`): a group pull also needs a slot of every group it
+   is in, as this host's allowance grants; running group pulls without one are aborted
+   (COORDINATION_LOST when the allowance is lost, OVER_BUDGET otherwise), candidates without
+   one wait and leave the host slot to the next candidate, and a group pull's limit is the
+   lowest of the host share and its groups' shares. Pulls outside every group are unaffected.
    Budget: the host budget in force (`schedule.budget_at`). Foreign jobs (every job on a disk
    that is not a managed pull) take a slot each and their bandwidth limit; every managed pull
    gets the same share (`exporter.core.bandwidth.allocate`). SetSpeed is emitted only where a
@@ -70,8 +75,8 @@ operators' holds (`holds`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from enum import Enum
 
@@ -100,6 +105,7 @@ from exporter.core.model import (
     Observation,
 )
 from exporter.core.selection import CompiledRule, first_match, selector_for
+from exporter.core.shared import GroupAllowance, GroupLedger, group_uses, groups_of
 from exporter.core.space import SpaceLedger, still_to_write
 from exporter.core.starts import busy_domains, choose_starts
 from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
@@ -132,6 +138,7 @@ class _Triage:
     rule_open: bool
     disk: Disk
     abort: AbortReason | None = None  # for _Role.ABORT
+    groups: tuple[str, ...] = ()  # shared groups of a managed pull or candidate
 
     @property
     def order(self) -> tuple[int, str, str]:
@@ -343,7 +350,10 @@ def _triage_all(ctx: _Context, observation: Observation) -> list[_Triage]:
         for disk in domain.disks:
             match = first_match(rules, disk)
             is_open = opened[match.rule.name] if match is not None else False
-            out.append(_triage(ctx, domain, disk, match, is_open, held))
+            item = _triage(ctx, domain, disk, match, is_open, held)
+            if ctx.policy.shared and item.role in (_Role.MANAGED, _Role.CANDIDATE):
+                item = replace(item, groups=groups_of(ctx.policy.shared, disk))
+            out.append(item)
     return out
 
 
@@ -399,6 +409,37 @@ def _reserve_running(ctx: _Context, triaged: list[_Triage]) -> None:
             ctx.space.reserve(fs, still_to_write(job, tracked.growth if tracked else None))
 
 
+def _split_by_groups(
+    items: list[_Triage], ledger: GroupLedger, starting: bool
+) -> tuple[list[_Triage], list[tuple[_Triage, str]]]:
+    """Items (in order) whose groups all have a slot for them, and the others with why not."""
+    fits: list[_Triage] = []
+    refused: list[tuple[_Triage, str]] = []
+    for item in items:
+        if not item.groups:
+            fits.append(item)
+            continue
+        why = ledger.refusal(item.groups) if starting else ""
+        if ledger.start(item.groups) if starting else ledger.keep(item.groups):
+            fits.append(item)
+        else:
+            refused.append((item, why))
+    return fits, refused
+
+
+def _group_abort(item: _Triage, ledger: GroupLedger) -> tuple[AbortPull, DiskDecision]:
+    names = ", ".join(item.groups)
+    state = DiskState.PENDING if item.rule_open else DiskState.WAITING_WINDOW
+    if ledger.lost(item.groups):
+        why = (
+            f"pull aborted: the coordination lease of shared group {names} may have expired; "
+            "it resumes when the coordination service is back"
+        )
+        return AbortPull(item.key, AbortReason.COORDINATION_LOST), item.decided(state, why)
+    why = f"pull aborted: shared group {names} has no slot left for it on this host"
+    return AbortPull(item.key, AbortReason.OVER_BUDGET), item.decided(state, why)
+
+
 def plan(
     observation: Observation,
     policy: Policy,
@@ -407,11 +448,13 @@ def plan(
     *,
     holds: HoldSet = NO_HOLDS,
     state_saved: bool = True,
+    allowances: Mapping[str, GroupAllowance] | None = None,
 ) -> Plan:
     """What to do on the host now, and a state with a reason for every disk.
 
     `holds`: the operators' holds; `state_saved`: whether the daemon's last save of `memory`
-    succeeded (False starts nothing).
+    succeeded (False starts nothing); `allowances`: this host's share of each shared group
+    (None: no coordinator, so group pulls do not run).
     """
     open_windows = schedule.open_windows(policy, now)
     budget = schedule.budget_at(policy, open_windows)
@@ -421,15 +464,25 @@ def plan(
     _reserve_running(ctx, triaged)
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
-    managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    candidates = sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order)
+    all_managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
+    all_candidates = sorted(
+        (t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order
+    )
     unsaved: list[_Triage] = []
     if not state_saved:
-        unsaved, candidates = candidates, []
-    alloc = allocate(budget, foreign, len(managed), len(candidates))
+        unsaved, all_candidates = all_candidates, []
     busy, freed = busy_domains(
         (t.key.domain, t.job, t.role is _Role.ABORT) for t in triaged if t.job is not None
     )
+    ledger = GroupLedger(allowances or {})
+    managed, group_over = _split_by_groups(all_managed, ledger, starting=False)
+    # A candidate whose domain a job keeps busy cannot start: it takes no group slot.
+    candidates, group_waiting = _split_by_groups(
+        [t for t in all_candidates if t.key.domain not in busy], ledger, starting=True
+    )
+    candidates += [t for t in all_candidates if t.key.domain in busy]  # choose_starts says why
+    candidates.sort(key=lambda t: t.order)
+    alloc = allocate(budget, foreign, len(managed), len(candidates))
     chosen = choose_starts(
         candidates,
         busy,
@@ -460,15 +513,23 @@ def plan(
         else:
             why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
+    for item, _ in group_over:
+        abort, decision = _group_abort(item, ledger)
+        aborts.append(abort)
+        decided[item.key] = decision
+    limits: dict[DiskKey, int | None] = {}  # what each pull of the daemon's runs at
     for item in kept:
         current = item.job.bandwidth if item.job is not None else None
-        if current != share:
-            speed = SetSpeed(item.key, share, _speed_reason(budget, pulls))
-            (cuts if _is_lower(share, current) else raises).append(speed)
+        limit = limits[item.key] = ledger.limit(item.groups, share)
+        if current != limit:
+            why = _speed_reason(budget, pulls) if limit == share else "share of its shared group"
+            speed = SetSpeed(item.key, limit, why)
+            (cuts if _is_lower(limit, current) else raises).append(speed)
     starts = []
     for start in chosen.started:
         item = start.candidate
-        starts.append(StartPull(item.key, item.base, share, _start_reason(item), start.growth))
+        limit = limits[item.key] = ledger.limit(item.groups, share)
+        starts.append(StartPull(item.key, item.base, limit, _start_reason(item), start.growth))
         decided[item.key] = item.decided(DiskState.PULLING, "starting now")
     for wait in chosen.waiting:
         decided[wait.candidate.key] = wait.candidate.decided(wait.state, wait.reason)
@@ -478,6 +539,16 @@ def plan(
     for item in unsaved:
         why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
         decided[item.key] = item.decided(DiskState.PENDING, why)
+    for item, why in group_waiting:
+        decided[item.key] = item.decided(DiskState.PENDING, why)
+    running = (*kept, *(s.candidate for s in chosen.started))
+    waiting = (*(w.candidate for w in chosen.waiting), *(w for w, _ in group_waiting))
+    uses = group_uses(
+        policy.shared,
+        ((t.groups, ledger.limit(t.groups, share)) for t in running if t.groups),
+        (t.groups for t in waiting),
+        budget.max_concurrent,
+    )
 
     decisions = tuple(
         sorted(
@@ -500,5 +571,6 @@ def plan(
         held_starts=tuple(sorted((h.candidate.key for h in chosen.held), key=_key_order)),
         inspect=chosen.inspect,
         space=space.checks(),
-        pull_bandwidth=share,
+        limits=limits,
+        groups=uses,
     )

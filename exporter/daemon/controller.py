@@ -1,10 +1,11 @@
 """The controller: the daemon's only loop.
 
-It wakes on a host event, a timer, a window boundary, a policy reload, a changed holds file or
-a signal; observes the host; settles the outcome of tracked pulls from the re-read chain; plans
-(reading in full the domains where a pull may start: `exporter.daemon.planning`); acts;
-publishes an immutable snapshot. Level-triggered: events only wake it, so a lost event, a
-daemon restart or a libvirtd restart costs a resync and nothing else.
+It wakes on a host event, a timer, a window boundary, a policy reload, a changed holds file, a
+coordinator round or a signal; observes the host; settles the outcome of tracked pulls from the
+re-read chain; plans (with the coordinator's allowance per shared group, reading in full the
+domains where a pull may start: `exporter.daemon.planning`); acts; publishes an immutable
+snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or a libvirtd
+restart costs a resync and nothing else.
 
 Other hands on the same disks are respected: a pull of the daemon's that somebody aborted backs
 off like a failure (`Memory.interruptions`); a speed somebody set by hand is put back at the next
@@ -12,7 +13,8 @@ progress refresh, which notices it and reconciles; holds (`exporter.daemon.hold_
 checked every `holds_check_interval` (a stat) and take effect at once; jobs started by others
 are looked for in parts, when the host says the next part is due (`Host.sweep_jobs`).
 
-One module although a little over 500 lines: it is the one loop, and all of it runs on it.
+One module although over 500 lines: every step reads and writes the same loop state, and its
+pieces (state saving, outcomes, rates, holds, planning) already live elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from exporter.core.clock import Clock, now_of
+from exporter.core.coordinator import CoordinationChanged, Coordinator, NoCoordinator
 from exporter.core.decisions import (
     AbortPull,
     AbortReason,
@@ -98,7 +101,7 @@ class Shutdown:
     """SIGTERM/SIGINT: stop after the current step."""
 
 
-Wake = HostEvent | Reload | Shutdown
+Wake = HostEvent | CoordinationChanged | Reload | Shutdown
 
 
 class Notifier(Protocol):
@@ -136,8 +139,10 @@ class Controller:
         options: ControllerOptions | None = None,
         notifier: Notifier | None = None,
         holds: HoldStore | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._host = host
+        self._coordinator: Coordinator = coordinator or NoCoordinator()  # none: groups run nothing
         self._source = source
         self._clock = clock
         self._store = store
@@ -173,6 +178,7 @@ class Controller:
         self._next_sweep = now  # the host says when next (`Sweep.next_in`)
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
+        self._coordinator.subscribe(self.inbox.put)
 
     @property
     def policy(self) -> Policy:
@@ -220,12 +226,16 @@ class Controller:
     def step(self, wakes: Iterable[Wake]) -> None:
         """Handle the given wake-ups and whatever timers are due; one reconcile at most."""
         full = False
+        publish = False  # the coordinator's status changed: a new snapshot, no reconcile
         for wake in wakes:
             if isinstance(wake, JobEvent):
                 self._events[wake.key] = wake.outcome
                 full = True
             elif isinstance(wake, LifecycleEvent):
                 full = True
+            elif isinstance(wake, CoordinationChanged):
+                full |= wake.allowances
+                publish = True
             elif isinstance(wake, ConnectionEvent):
                 self._libvirt_up = wake.up
                 self._connect_backoff = 0.0
@@ -247,7 +257,10 @@ class Controller:
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
         elif self._libvirt_up and now >= self._next_sweep:
-            self._sweep_jobs()
+            if not self._sweep_jobs() and publish:
+                self.snapshot = self._build_snapshot()
+        elif publish:
+            self.snapshot = self._build_snapshot()
 
     def shutdown(self) -> None:
         self._notifier.stopping()
@@ -315,6 +328,7 @@ class Controller:
                 self._memory,
                 self._holds(),
                 state_saved=self._state.saved,
+                allowances=self._coordinator.allowances(self._clock.monotonic()),
             )
         except HostError as error:
             self._host_unreachable(error)
@@ -325,6 +339,7 @@ class Controller:
             self._apply(action, disks.get(action.key, (None, None))[1])
         again = bool(current.held_starts) and not self._host_refused
         self._plan = current
+        self._coordinator.report(policy.shared, current.groups)
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
         self._pull_directories = sorted(
             {d for k in self._memory.tracked if k in disks and (d := image_directory(disks[k][1]))}
@@ -367,6 +382,7 @@ class Controller:
         if self._vanished:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
+        deadline = min(deadline, self._coordinator.lease_end(now))  # group pulls stop in time
         # The host changed under an action, starts wait behind aborts, or domains are still to
         # be read before a start: look again soon.
         if self._host_refused or current.held_starts or needs_another_look(current):
@@ -391,7 +407,7 @@ class Controller:
         if outcome.kind is OutcomeKind.COMPLETED:
             self._counters.completed(key, self._jobs.get(key))
             self._memory = self._memory.with_success(key)
-            log.info("pull of %s completed", key)
+            log.info("pull of %s completed", key, extra=_fields(key))
         elif outcome.kind is OutcomeKind.FAILED:
             self._count_failure(key, disk, epoch)
             last = self._jobs.get(key)
@@ -402,6 +418,7 @@ class Controller:
                 last.cur if last else "?",
                 last.end if last else "?",
                 " <- ".join(disk.chain) if disk else "?",
+                extra=_fields(key),
             )
         else:
             assert outcome.reason is not None
@@ -410,7 +427,12 @@ class Controller:
                 fingerprint = disk.fingerprint if disk is not None else ""
                 policy_fp = self._source.policy.fingerprint
                 self._memory = self._memory.with_interruption(key, epoch, fingerprint, policy_fp)
-            log.info("pull of %s ended without completing: %s", key, outcome.reason)
+            log.info(
+                "pull of %s ended without completing: %s",
+                key,
+                outcome.reason,
+                extra=_fields(key, outcome.reason),
+            )
 
     def _forget_gone_domains(self, observation: Observation) -> None:
         """Series and memories of domains that no longer exist (undefined, renamed) go at once;
@@ -439,7 +461,9 @@ class Controller:
                 decision.key, TrackedJob(base=None, started_at=epoch, chain_before=disk.chain)
             )
             self._counters.started(decision.key)
-            log.info("adopted a pull already running on %s", decision.key)
+            log.info(
+                "adopted a pull already running on %s", decision.key, extra=_fields(decision.key)
+            )
 
     def _apply(self, action: Action, disk: Disk | None) -> None:
         try:
@@ -449,7 +473,9 @@ class Controller:
                 tracked = TrackedJob(action.base, self._clock.time(), chain, action.growth)
                 self._memory = self._memory.with_tracked(action.key, tracked)
                 self._counters.started(action.key)
-                log.info("started pull of %s: %s", action.key, action.reason)
+                log.info(
+                    "started pull of %s: %s", action.key, action.reason, extra=_fields(action.key)
+                )
             elif isinstance(action, SetSpeed):
                 self._host.set_speed(action.key, action.bandwidth)
             else:
@@ -457,11 +483,23 @@ class Controller:
                 if action.key in self._memory.tracked:
                     self._memory = self._memory.without_tracked(action.key)
                     self._counters.aborted(action.key, action.reason)
-                log.info("aborted pull of %s: %s", action.key, action.reason)
+                log.info(
+                    "aborted pull of %s: %s",
+                    action.key,
+                    action.reason,
+                    extra=_fields(action.key, action.reason),
+                )
         except HostError as error:
             # A job that ended between the observation and the action is no cause for alarm.
             level = logging.INFO if error.reason is ErrorReason.NO_JOB else logging.WARNING
-            log.log(level, "%s on %s failed: %s", type(action).__name__, action.key, error)
+            log.log(
+                level,
+                "%s on %s failed: %s",
+                type(action).__name__,
+                action.key,
+                error,
+                extra=_fields(action.key, error.reason),
+            )
             self._host_refused = True
             if isinstance(action, StartPull) and error.reason not in RACE_REASONS:
                 self._count_failure(action.key, disk, self._clock.time())
@@ -477,7 +515,7 @@ class Controller:
             self._host_unreachable(error)
             return
         vanished = retuned = False
-        limit = self._plan.pull_bandwidth if self._plan is not None else None
+        limits = self._plan.limits if self._plan is not None else {}
         for key, job in fresh.items():
             if job is None:
                 self._jobs.pop(key, None)
@@ -485,8 +523,7 @@ class Controller:
             else:
                 self._jobs[key] = job
                 # A pull of the daemon's whose speed somebody changed by hand.
-                managed = key in self._memory.tracked and job.type is JobType.PULL
-                retuned |= managed and job.bandwidth != limit
+                retuned |= key in limits and job.bandwidth != limits[key]
         self._measure_rates()
         # Settle a job that ended, put a hand-set speed back, stop pulls on a file system that
         # something else filled below min_free: now, not at the next resync.
@@ -509,21 +546,23 @@ class Controller:
             for fs in found.values()
         )
 
-    def _sweep_jobs(self) -> None:
+    def _sweep_jobs(self) -> bool:
         """A job somebody else started counts against the budget from the next reconcile: now,
-        once the sweep finds it."""
+        once the sweep finds it. Whether a snapshot was published."""
         now = self._clock.monotonic()
         self._next_sweep = now + MIN_SWEEP_SECONDS
         try:
             sweep = self._host.sweep_jobs()
         except HostError as error:
             self._host_unreachable(error)
-            return
+            return True
         wait = sweep.next_in if sweep.next_in is not None else math.inf
         self._next_sweep = now + max(wait, MIN_SWEEP_SECONDS)
-        if sweep.found:
-            log.info("a block job started by somebody else turned up: reconciling")
-            self._reconcile()
+        if not sweep.found:
+            return False
+        log.info("a block job started by somebody else turned up: reconciling")
+        self._reconcile()
+        return True
 
     def _measure_rates(self) -> None:
         """Rates from the cursors, and the bytes the daemon's pulls advanced since last read."""
@@ -556,4 +595,13 @@ class Controller:
             state_saved=self._state.saved,
             state_save_failures=self._state.failures,
             holds=self._holds(),
+            coordination=self._coordinator.status(),
         )
+
+
+def _fields(key: DiskKey, reason: object = None) -> dict[str, str]:
+    """A log record's structured fields (`--log.format`): which disk, and why when there is one."""
+    fields = {"domain": key.domain, "disk": key.disk}
+    if reason is not None:
+        fields["reason"] = str(reason)
+    return fields

@@ -10,6 +10,7 @@ controller comes back soon, see `needs_another_look`). Used by the controller an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from exporter.core.decisions import Plan
@@ -18,6 +19,7 @@ from exporter.core.host import Host
 from exporter.core.memory import Memory
 from exporter.core.model import Observation
 from exporter.core.planner import plan
+from exporter.core.shared import GroupAllowance
 from exporter.policy.values import Policy
 
 MAX_ROUNDS = 3
@@ -32,10 +34,19 @@ def plan_reading_domains(
     holds: HoldSet = NO_HOLDS,
     *,
     state_saved: bool = True,
+    allowances: Mapping[str, GroupAllowance] | None = None,
 ) -> tuple[Plan, Observation]:
     """The plan to act on, and the observation with the domains read for it (arguments as
     `exporter.core.planner.plan`'s). Raises HostError(CONNECTION) like `Host.inspect`."""
-    current = plan(observation, policy, now, memory, holds=holds, state_saved=state_saved)
+    current = plan(
+        observation,
+        policy,
+        now,
+        memory,
+        holds=holds,
+        state_saved=state_saved,
+        allowances=allowances,
+    )
     asked: set[str] = set()  # a domain the host could not read is not asked twice
     for _ in range(MAX_ROUNDS):
         wanted = current.inspect - asked
@@ -43,7 +54,15 @@ def plan_reading_domains(
             break
         asked |= wanted
         observation = observation.with_inspections(host.inspect(sorted(wanted)))
-        current = plan(observation, policy, now, memory, holds=holds, state_saved=state_saved)
+        current = plan(
+            observation,
+            policy,
+            now,
+            memory,
+            holds=holds,
+            state_saved=state_saved,
+            allowances=allowances,
+        )
     return current, observation
 
 

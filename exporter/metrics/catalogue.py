@@ -72,6 +72,10 @@ def families(snapshot: Snapshot | None, version: str) -> list[Family]:
     if snapshot.plan is not None:
         result += _plan_families(snapshot, disks)
     result += _hold_families(snapshot)
+    if snapshot.coordination is not None:
+        from exporter.metrics.coordination import coordination_families  # it imports this one
+
+        result += coordination_families(snapshot)
     images = sorted(snapshot.backing_dependents.items())
     result.append(
         _gauge(

@@ -23,6 +23,7 @@ from exporter.config_file.checker import Fields, describe, is_null
 from exporter.config_file.issues import ConfigError
 from exporter.config_file.reading import UnreadableFileError, read_config_file
 from exporter.policy.fields import PolicyFieldChecker
+from exporter.policy.shared_section import parse_shared
 from exporter.policy.values import (
     DEFAULT_MIN_FREE,
     Budget,
@@ -53,7 +54,7 @@ DAY_GROUPS: dict[str, frozenset[int]] = {
     "weekends": frozenset({5, 6}),
 }
 
-ROOT_KEYS = ("version", "timezone", "defaults", "windows", "rules")
+ROOT_KEYS = ("version", "timezone", "defaults", "windows", "rules", "shared")
 DEFAULTS_KEYS = ("bandwidth", "max_concurrent", "outside_windows", "retry", "min_free")
 RETRY_KEYS = ("max_attempts", "backoff", "max_backoff")
 WINDOW_KEYS = ("days", "from", "to", "bandwidth", "max_concurrent")
@@ -127,7 +128,10 @@ class _PolicyChecker(PolicyFieldChecker):
         defaults = self.defaults(entries)
         window_names, windows = self.windows(entries)
         rules = self.rules(entries, window_names)
+        shared = parse_shared(self, entries["shared"][1] if "shared" in entries else None)
         if version is None or defaults is None or windows is None or rules is None:
+            return None
+        if shared is None:
             return None
         return Policy(
             version=version,
@@ -137,6 +141,7 @@ class _PolicyChecker(PolicyFieldChecker):
             rules=rules,
             source=self.source,
             fingerprint=fingerprint,
+            shared=shared,
         )
 
     def version(self, root: Node, entries: Fields) -> int | None:

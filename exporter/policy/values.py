@@ -108,6 +108,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class SharedGroup:
+    """Storage that several hosts pull from or into; its limits hold for all hosts together.
+
+    A disk is in the group when any image of its chain, the overlay included, matches `paths`.
+    """
+
+    name: str
+    paths: tuple[str, ...]  # globs on image paths
+    bandwidth: int | None  # bytes/s for all hosts' group pulls together; None = unlimited
+    max_concurrent: int  # group pulls at once across all hosts
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int
     timezone: str | None  # IANA name; None = the host's local time
@@ -116,6 +129,7 @@ class Policy:
     rules: tuple[Rule, ...]
     source: str  # where it was loaded from, for messages
     fingerprint: str  # sha256 of the file's bytes; a change resets gave_up disks
+    shared: tuple[SharedGroup, ...] = ()  # budgets shared with other hosts (a coordinator)
 
     def window(self, name: str) -> Window:
         for window in self.windows:

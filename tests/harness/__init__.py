@@ -19,4 +19,8 @@ puts tests/ on sys.path).
 - prometheus_server: a real Prometheus scraping it.
 - fault_subject: the one domain a fault test pulls, its original content and its counters.
 - loopback, waiting: free ports on 127.0.0.1; polling with a deadline.
+- etcd_cluster: a real 3-member etcd (and etcd's gateway) on loopback ports, for the fleet.
+- fleet_lab: simulated hosts sharing a storage group, their daemons, and a sampler of the sums
+  over their /metrics.
+- delay_proxy: a TCP proxy on loopback that delays what it forwards (no `tc netem` here).
 """

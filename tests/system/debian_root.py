@@ -40,7 +40,9 @@ INSTALLED = (
     "python3",
     "ca-certificates",
 )
-# Downloaded only: the package's Depends and the README's pip path.
+# Downloaded only: the package's Depends, the README's pip path, and what the Ansible test
+# installs (python3-venv for ansible-core; python3-apt, which Ansible's apt module installs, with
+# lsb-release, which it recommends and the download here does not fetch on its own).
 DOWNLOADED = (
     "python3-libvirt",
     "python3-prometheus-client",
@@ -48,6 +50,8 @@ DOWNLOADED = (
     "python3-bcrypt",
     "python3-venv",
     "python3-wheel",
+    "python3-apt",
+    "lsb-release",
 )
 CUSTOMIZE = (
     # nspawn leaves the cgroup v1 controllers read-only: libvirt must not try to use them.

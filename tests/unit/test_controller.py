@@ -408,3 +408,15 @@ def test_progress_refresh_reads_only_running_jobs(tmp_path, interval):
     calls = host.calls()
     assert calls["observe"] == 0
     assert calls["refresh_jobs_keys"] == 2 * calls["refresh_jobs"]
+
+
+def test_pull_log_records_carry_the_disk_and_the_reason_as_fields(tmp_path, caplog):
+    host = web_host(size=30 * MiB)  # outlives its window at 10 KiB/s: started, then aborted
+    policy = write_policy(tmp_path / "p.yaml", bandwidth="10KiB/s", windows="[early]")
+    controller = make_controller(host, policy)
+    with caplog.at_level(logging.INFO, logger="exporter.daemon.controller"):
+        run_for(controller, host, 2 * 3600 + 60)
+    started = next(r for r in caplog.records if r.getMessage().startswith("started pull"))
+    aborted = next(r for r in caplog.records if r.getMessage().startswith("aborted pull"))
+    assert (started.domain, started.disk) == ("web-1", "vda")
+    assert (aborted.domain, aborted.disk, aborted.reason) == ("web-1", "vda", "window_closed")

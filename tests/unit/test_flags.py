@@ -16,9 +16,10 @@ def refused_flag(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "error: argument " in last
-    return last.split("error: argument ", 1)[1].split(":", 1)[0]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines  # one line for a journal, no usage text
+    assert "error: argument " in lines[0]
+    return lines[0].split("error: argument ", 1)[1].split(":", 1)[0]
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "0.5", "nan", "inf", "1e9", "soon"])

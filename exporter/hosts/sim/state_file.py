@@ -152,9 +152,20 @@ class SimFileHost(SimulatedHost):
         self._loaded = raw
 
     def _write(self, host_state: dict[str, Any]) -> None:
-        raw = (json.dumps(_document(host_state), indent=1) + "\n").encode()
+        raw = _file_bytes(host_state)
         write_atomically(self._path, raw)
         self._loaded = raw
+
+
+def save_sim_host(path: Path, host: SimulatedHost) -> None:
+    """Write `host` as the state file of `sim://<path>`: scenarios for tests, benchmarks and
+    the fleet demo. Not for a file a running daemon uses (no lock is taken)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, _file_bytes(host.to_state()))
+
+
+def _file_bytes(host_state: dict[str, Any]) -> bytes:
+    return (json.dumps(_document(host_state), indent=1) + "\n").encode()
 
 
 def _document(host_state: dict[str, Any]) -> dict[str, Any]:
