@@ -71,6 +71,9 @@ operators' holds (`holds`).
 
 6. Every disk gets one DiskDecision; decisions are sorted by key. `next_wake` is the earliest
    of the next window boundary, the end of any BACKOFF and the end of a hold in force.
+
+One module although over 500 lines: what the policy means, state by state, reads best in one
+place; the arithmetic lives beside it (bandwidth, retry, space, starts, shared).
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ from exporter.core.decisions import (
     StartPull,
 )
 from exporter.core.holds import NO_HOLDS, Hold, HoldSet
-from exporter.core.memory import Failures, Memory
+from exporter.core.memory import Memory
 from exporter.core.model import (
     BlockJob,
     Disk,
@@ -104,11 +107,12 @@ from exporter.core.model import (
     JobType,
     Observation,
 )
+from exporter.core.retry import NO_WAIT, backoff_delay, counted, wait_after
 from exporter.core.selection import CompiledRule, first_match, selector_for
 from exporter.core.shared import GroupAllowance, GroupLedger, group_uses, groups_of
 from exporter.core.space import SpaceLedger, still_to_write
 from exporter.core.starts import busy_domains, choose_starts
-from exporter.policy.values import Budget, OutsideWindows, Policy, Retry, Rule, RuleAction
+from exporter.policy.values import Budget, OutsideWindows, Policy, Rule, RuleAction
 
 __all__ = ["backoff_delay", "plan"]
 
@@ -171,57 +175,11 @@ class _Context:
     space: SpaceLedger
 
 
-def backoff_delay(retry: Retry, count: int) -> float:
-    """Seconds to wait after `count` consecutive failures: doubling, capped at max_backoff."""
-    if count <= 0:
-        return 0.0
-    # 2.0**1000 is finite and float products overflow to inf, not an error: the cap wins.
-    return min(retry.backoff * 2.0 ** min(count - 1, 1000), retry.max_backoff)
-
-
 def _datetime_at(ts: float, tz: tzinfo | None) -> datetime:
     try:
         return datetime.fromtimestamp(ts, tz)
     except (OverflowError, OSError, ValueError):
         return datetime.max.replace(tzinfo=tz)
-
-
-def _effective(ctx: _Context, found: Failures | None, disk: Disk) -> tuple[int, float]:
-    """A record's count and time, if it is about this disk under this policy (else 0)."""
-    if found is None:
-        return 0, 0.0
-    if found.disk_fingerprint != disk.fingerprint:
-        return 0, 0.0
-    if found.policy_fingerprint != ctx.policy.fingerprint:
-        return 0, 0.0
-    return found.count, found.last_failure_at
-
-
-def _backoff(ctx: _Context, key: DiskKey, disk: Disk, failures: tuple[int, float]) -> _Wait:
-    """Until when the disk waits after failures and after pulls others aborted, and why."""
-    retry = ctx.policy.defaults.retry
-    count, last_failure = failures
-    until, why = 0.0, ""
-    if count > 0:
-        until = last_failure + backoff_delay(retry, count)
-        why = f"failed {count} time(s); waiting before the next attempt"
-    aborted, last_abort = _effective(ctx, ctx.memory.interruptions.get(key), disk)
-    if aborted > 0 and last_abort + backoff_delay(retry, aborted) > until:
-        until = last_abort + backoff_delay(retry, aborted)
-        why = (
-            f"its pull was aborted by someone else {aborted} time(s); "
-            "waiting before the next attempt"
-        )
-    return _Wait(until, why)
-
-
-@dataclass(frozen=True)
-class _Wait:
-    until: float  # epoch seconds; 0 = no wait
-    why: str
-
-
-_NO_WAIT = _Wait(0.0, "")
 
 
 def _unsupported(disk: Disk) -> str | None:
@@ -244,8 +202,8 @@ def _triage(
 ) -> _Triage:
     key = DiskKey(domain.name, disk.target)
     rule = match.rule if match is not None else None
-    failures = _effective(ctx, ctx.memory.failures.get(key), disk)
-    count = failures[0]
+    failures = counted(ctx.memory.failures.get(key), disk.fingerprint, ctx.policy.fingerprint)
+    count = failures.times
     job = disk.job
     # Without a pull rule a job is foreign and the disk is never touched.
     untouched = _Role.FOREIGN if job is not None else _Role.NONE
@@ -330,7 +288,11 @@ def _triage(
     if count >= retry.max_attempts:
         why = f"gave up after {count} failed attempts; waits for a disk or policy change"
         return triage(DiskState.GAVE_UP, why)
-    wait = _backoff(ctx, key, disk, failures) if count or ctx.memory.interruptions else _NO_WAIT
+    wait = NO_WAIT
+    if count or ctx.memory.interruptions:
+        found = ctx.memory.interruptions.get(key)
+        aborted = counted(found, disk.fingerprint, ctx.policy.fingerprint)
+        wait = wait_after(retry, failures, aborted)
     if ctx.now_ts < wait.until:
         retry_at = _datetime_at(wait.until, ctx.tz)
         return triage(DiskState.BACKOFF, wait.why, next_attempt_at=retry_at)
