@@ -38,15 +38,13 @@ def plan_reading_domains(
 ) -> tuple[Plan, Observation]:
     """The plan to act on, and the observation with the domains read for it (arguments as
     `exporter.core.planner.plan`'s). Raises HostError(CONNECTION) like `Host.inspect`."""
-    current = plan(
-        observation,
-        policy,
-        now,
-        memory,
-        holds=holds,
-        state_saved=state_saved,
-        allowances=allowances,
-    )
+
+    def planned(seen: Observation) -> Plan:
+        return plan(
+            seen, policy, now, memory, holds=holds, state_saved=state_saved, allowances=allowances
+        )
+
+    current = planned(observation)
     asked: set[str] = set()  # a domain the host could not read is not asked twice
     for _ in range(MAX_ROUNDS):
         wanted = current.inspect - asked
@@ -54,15 +52,7 @@ def plan_reading_domains(
             break
         asked |= wanted
         observation = observation.with_inspections(host.inspect(sorted(wanted)))
-        current = plan(
-            observation,
-            policy,
-            now,
-            memory,
-            holds=holds,
-            state_saved=state_saved,
-            allowances=allowances,
-        )
+        current = planned(observation)
     return current, observation
 
 
