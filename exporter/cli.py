@@ -1,4 +1,4 @@
-"""Command line: `blockpull-exporter {run,check,plan,status}`.
+"""Command line: `blockpull-exporter {run,check,plan,status,hold,release,holds}`.
 
 Each subcommand lives in its own module exposing `add_arguments(parser)` and `main(args) -> int`,
 imported only when that subcommand is chosen: `check` (Ansible's `validate:`, systemd's
@@ -23,6 +23,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "show what the daemon would do now and why; acts on nothing",
     ),
     "status": ("exporter.commands.status", "show running pulls with progress, rate, ETA, backlog"),
+    "hold": (
+        "exporter.commands.hold",
+        "keep the daemon's pulls off some domains for a while (abort, start none)",
+    ),
+    "release": ("exporter.commands.release", "end holds before their time"),
+    "holds": ("exporter.commands.holds", "list the holds in force"),
 }
 
 

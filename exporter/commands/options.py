@@ -53,7 +53,8 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=DEFAULT_STATE_DIR,
         metavar="DIR",
-        help=f"where the retry and job memory is kept (default: {DEFAULT_STATE_DIR})",
+        help=f"the daemon's state directory: retry and job memory, holds "
+        f"(default: {DEFAULT_STATE_DIR})",
     )
 
 
@@ -90,6 +91,24 @@ def seconds_between(low: float, high: float) -> Callable[[str], float]:
         if not low <= value <= high:  # also refuses nan
             raise argparse.ArgumentTypeError(
                 f"{text} is out of range: give seconds from {low:g} to {high:g}"
+            )
+        return value
+
+    return parse
+
+
+def duration_between(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a duration written like the policy's (`90s`, `1h30m`) in [low, high]."""
+    from exporter.policy.units import format_duration, parse_duration
+
+    def parse(text: str) -> float:
+        try:
+            value = parse_duration(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: give {format_duration(low)} to {format_duration(high)}"
             )
         return value
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from exporter.commands import options as cli_options
 from exporter.core.decisions import AbortPull, Action, Plan, SetSpeed, StartPull
+from exporter.core.holds import NO_HOLDS, HoldSet
+from exporter.core.space import SpaceCheck
 from exporter.policy.values import Budget
 
 
@@ -32,13 +35,13 @@ def main(args: argparse.Namespace) -> int:
     host = open_host(args.libvirt_uri, clock)
     try:
         observation = host.observe()
+        result, holds = plan_with_saved_state(host, observation, policy, clock, args.state_dir)
     except HostError as error:
         print(f"blockpull-exporter: cannot read {args.libvirt_uri}: {error}", file=sys.stderr)
         return 1
     finally:
         host.close()
-    result = plan_with_saved_state(observation, policy, clock, args.state_dir)
-    print(describe(result, str(args.policy_file)))
+    print(describe(result, str(args.policy_file), holds, clock.time()))
     return 0
 
 
@@ -46,6 +49,18 @@ def describe_budget(budget: Budget) -> str:
     from exporter.policy.units import format_bytes_rate
 
     return f"{format_bytes_rate(budget.bandwidth)}, {budget.max_concurrent} at once"
+
+
+def space_lines(checks: Sequence[SpaceCheck]) -> list[str]:
+    """Each file system the min_free guard watches: free, the floor, what pulls may still take."""
+    from exporter.policy.units import format_size
+
+    return [
+        f"file system {c.mountpoint}: {format_size(c.free)} free of {format_size(c.size)}, "
+        f"min_free keeps {format_size(c.floor)}, running pulls may write "
+        f"{format_size(c.reserved)} more"
+        for c in checks
+    ]
 
 
 def describe_action(action: Action) -> str:
@@ -60,12 +75,15 @@ def describe_action(action: Action) -> str:
     return f"start pull of {action.key} at {speed}: {action.reason}"
 
 
-def describe(result: Plan, source: str) -> str:
+def describe(result: Plan, source: str, holds: HoldSet = NO_HOLDS, now: float = 0.0) -> str:
+    from exporter.commands.holds import holds_lines
     from exporter.commands.table import render_table
 
     windows = ", ".join(sorted(result.open_windows)) or "none"
     lines = [
         f"policy {source}; open windows: {windows}; budget: {describe_budget(result.budget)}",
+        *holds_lines(holds, now),
+        *space_lines(result.space),
         "",
         render_table(
             ("DOMAIN", "DISK", "RULE", "STATE", "REASON"),

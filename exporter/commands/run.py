@@ -99,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from exporter.core.clock import SystemClock
     from exporter.daemon.controller import Controller, ControllerOptions, Reload, Shutdown
+    from exporter.daemon.hold_store import HoldStore
     from exporter.daemon.sd_notify import Notifier
     from exporter.daemon.state_store import StateStore
     from exporter.hosts import open_host
@@ -158,7 +159,8 @@ def main(args: argparse.Namespace) -> int:
             abort_on_shutdown=args.abort_on_shutdown,
         ),
         Notifier(),
-        coordinator,
+        holds=HoldStore(args.state_dir),
+        coordinator=coordinator,
     )
     renderer = MetricsRenderer(__version__)
     server = WebServer(

@@ -1,8 +1,9 @@
 """`blockpull-exporter status`: running pulls with progress, rate and ETA, and the backlog.
 
-Reads the host directly (two job reads a second apart give the rate); with --policy.file the
-backlog is broken down by what the policy would do with each disk, judged as `plan` does, with
-the daemon's saved state (--state.dir).
+Reads the host directly (two job reads a second apart give the rate) and shows the holds in
+force (--state.dir); with --policy.file the backlog is broken down by what the policy would do
+with each disk, judged as `plan` does, with the daemon's saved state, and the free space of the
+file systems the pulls write to.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from exporter.commands.holds import holds_lines
+    from exporter.commands.plan import space_lines
     from exporter.commands.saved_state_plan import plan_with_saved_state
     from exporter.core.clock import SystemClock, sleep
     from exporter.core.model import HostError
+    from exporter.daemon.hold_store import HoldStore
     from exporter.hosts import open_host
     from exporter.policy.loader import PolicyError, load_policy
 
@@ -62,12 +66,16 @@ def main(args: argparse.Namespace) -> int:
                 samples = _samples(observation, clock.monotonic())
             rates = _rates(previous, samples)
             previous = samples
-            decisions = (
-                plan_with_saved_state(observation, policy, clock, args.state_dir).decisions
-                if policy
-                else None
-            )
-            frame = render_status(observation, rates, decisions)
+            if policy is not None:
+                planned, holds = plan_with_saved_state(
+                    host, observation, policy, clock, args.state_dir
+                )
+                decisions: Sequence[DiskDecision] | None = planned.decisions
+                guards = [*holds_lines(holds, clock.time()), *space_lines(planned.space)]
+            else:
+                decisions = None
+                guards = holds_lines(HoldStore(args.state_dir).read(), clock.time())
+            frame = render_status(observation, rates, decisions, guards)
             if not args.watch:
                 print(frame)
                 return 0
@@ -127,7 +135,9 @@ def render_status(
     observation: Observation,
     rates: Mapping[DiskKey, float],
     decisions: Sequence[DiskDecision] | None,
+    guards: Sequence[str] = (),
 ) -> str:
+    """`guards`: lines on holds and free space, shown after the backlog."""
     from exporter.commands.table import render_table
     from exporter.policy.units import format_bytes_rate
 
@@ -146,7 +156,7 @@ def render_status(
     lines = [f"{len(jobs)} block job(s) running"]
     if rows:
         lines += ["", render_table(("DISK", "JOB", "PROGRESS", "RATE", "ETA", "LIMIT"), rows)]
-    lines += ["", backlog_line(observation, decisions)]
+    lines += ["", backlog_line(observation, decisions), *guards]
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 
@@ -59,6 +59,9 @@ class Disk:
     readonly: bool = False
     transient: bool = False
     job: BlockJob | None = None
+    # The top image is a file on a local file system (disk type 'file'): the min_free guard
+    # applies. Block devices, network disks and pool volumes are not measured.
+    local_file: bool = False
 
     @property
     def fingerprint(self) -> str:
@@ -73,10 +76,67 @@ class Domain:
     state: DomainState
     disks: tuple[Disk, ...]
 
+    def with_jobs(self, jobs: Mapping[str, BlockJob]) -> Domain:
+        """This domain with every disk's job as given (no entry: no job)."""
+        disks = tuple(replace(d, job=jobs.get(d.target)) for d in self.disks)
+        return replace(self, disks=disks)
+
+
+@dataclass(frozen=True)
+class FileSystem:
+    """The file system holding an image directory, as statvfs(2) measured it."""
+
+    mountpoint: str  # names it: the highest directory above the images on the same device
+    size: int  # bytes
+    free: int  # bytes an unprivileged writer (QEMU) may still use
+
+
+@dataclass(frozen=True)
+class Unmeasured:
+    """An image directory whose file system could not be measured, and why."""
+
+    directory: str
+    error: str
+
+
+QCOW2_METADATA = 512  # qcow2's tables take under 1/512 of the data (64 KiB clusters)
+
+
+@dataclass(frozen=True)
+class ChainUsage:
+    """What a pull can add to one disk's top image, read through libvirt for that disk."""
+
+    capacity: int  # the disk's virtual size in bytes
+    allocated: tuple[int, ...]  # host bytes of each backing image, nearest first (Disk.chain);
+    # libvirt reports a network image's virtual size, which bounds what it can hold
+    top: int = 0  # host bytes the top image holds already
+
+    def growth(self, chain: tuple[str, ...], base: str | None) -> int:
+        """The most the top image grows by when everything above `base` is pulled into it:
+        the data allocated in those images, and never more than the top can still take (the
+        disk's virtual size and its qcow2 metadata, less what the top holds: after an
+        interrupted pull, what it copied already)."""
+        depth = chain.index(base) if base is not None and base in chain else len(chain)
+        room = self.capacity + self.capacity // QCOW2_METADATA - self.top
+        return max(0, min(room, sum(self.allocated[:depth])))
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """One domain read in full right before a pull may start in it: the block job of every
+    disk (the sweep may not have seen somebody else's yet) and what each chain holds."""
+
+    jobs: Mapping[str, BlockJob]  # by target; a disk without a job has no entry
+    usage: Mapping[str, ChainUsage]  # by target, for the disks whose chain could be read
+
 
 @dataclass(frozen=True)
 class Observation:
     domains: tuple[Domain, ...]
+    # Image directories of the disks that may pull (local top image on a backing chain, domain
+    # running or paused) -> their file system, measured with this observation.
+    file_systems: Mapping[str, FileSystem | Unmeasured] = field(default_factory=dict)
+    inspections: Mapping[str, Inspection] = field(default_factory=dict)  # by domain name
 
     @cached_property
     def _disk_index(self) -> dict[DiskKey, tuple[Domain, Disk]]:
@@ -86,6 +146,15 @@ class Observation:
         """Every disk by key, with its domain: built once per observation, shared by every
         reader (settle, adopt, act, snapshot), so it is read-only."""
         return self._disk_index
+
+    def with_inspections(self, found: Mapping[str, Inspection]) -> Observation:
+        """The same observation with these domains' jobs as their inspection read them."""
+        if not found:
+            return self
+        domains = tuple(
+            d.with_jobs(found[d.name].jobs) if d.name in found else d for d in self.domains
+        )
+        return replace(self, domains=domains, inspections={**self.inspections, **found})
 
 
 class JobOutcome(StrEnum):

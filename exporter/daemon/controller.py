@@ -1,17 +1,26 @@
 """The controller: the daemon's only loop.
 
-It wakes on a host event, a timer, a window boundary, a policy reload, a coordinator round or
-a signal; observes the host; settles the outcome of tracked pulls from the re-read chain; plans
-(with the coordinator's allowance per shared group); acts; publishes an immutable snapshot.
-Level-triggered: events only wake it, so a lost event, a daemon restart or a libvirtd restart
-costs a resync and nothing else. One module although just over 500 lines: every step reads
-and writes the same loop state, and its pieces (state saving, outcomes, planning) already live
-elsewhere.
+It wakes on a host event, a timer, a window boundary, a policy reload, a changed holds file, a
+coordinator round or a signal; observes the host; settles the outcome of tracked pulls from the
+re-read chain; plans (with the coordinator's allowance per shared group, reading in full the
+domains where a pull may start: `exporter.daemon.planning`); acts; publishes an immutable
+snapshot. Level-triggered: events only wake it, so a lost event, a daemon restart or a libvirtd
+restart costs a resync and nothing else.
+
+Other hands on the same disks are respected: a pull of the daemon's that somebody aborted backs
+off like a failure (`Memory.interruptions`); a speed somebody set by hand is put back at the next
+progress refresh, which notices it and reconciles; holds (`exporter.daemon.hold_store`) are
+checked every `holds_check_interval` (a stat) and take effect at once; jobs started by others
+are looked for in parts, when the host says the next part is due (`Host.sweep_jobs`).
+
+One module although over 500 lines: every step reads and writes the same loop state, and its
+pieces (state saving, outcomes, rates, holds, planning) already live elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 from collections import Counter
 from collections.abc import Iterable
@@ -29,8 +38,8 @@ from exporter.core.decisions import (
     SetSpeed,
     StartPull,
 )
+from exporter.core.holds import NO_HOLDS, HoldSet
 from exporter.core.host import Host
-from exporter.core.job_rate import CursorSample, bytes_advanced, rate_between
 from exporter.core.memory import Memory, TrackedJob
 from exporter.core.model import (
     BlockJob,
@@ -38,6 +47,7 @@ from exporter.core.model import (
     Disk,
     DiskKey,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
     JobEvent,
@@ -47,9 +57,13 @@ from exporter.core.model import (
     Observation,
 )
 from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
-from exporter.core.planner import plan
+from exporter.core.space import image_directory
 from exporter.daemon.histogram import HistogramAccumulator
-from exporter.daemon.snapshot import Counters, JobProgress, Snapshot
+from exporter.daemon.hold_store import HoldStore, HoldWatch
+from exporter.daemon.outcome_counters import OutcomeCounters
+from exporter.daemon.planning import needs_another_look, plan_reading_domains
+from exporter.daemon.rate_meter import RateMeter
+from exporter.daemon.snapshot import JobProgress, Snapshot
 from exporter.daemon.state_store import StateSaver, StateStore
 from exporter.policy.source import PolicySource
 from exporter.policy.values import Policy
@@ -74,6 +88,7 @@ STILL_DOWN_WARNING_SECONDS = 300.0
 TIMER_TOLERANCE = 1e-6  # seconds
 MIN_TIMER_SECONDS = 0.01
 LOOK_AGAIN_SECONDS = 0.5
+MIN_SWEEP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class ControllerOptions:
     resync_interval: float = 30.0  # full observe even without events (catches hand-made jobs)
     progress_interval: float = 2.0  # refresh of running jobs' progress only
     file_check_interval: float = 1.0  # policy file changed on disk?
+    holds_check_interval: float = 0.25  # holds file changed? (a stat: a hold acts within 1 s)
     abort_on_shutdown: bool = False  # default: leave pulls running; they are adopted on restart
 
 
@@ -122,6 +138,7 @@ class Controller:
         store: StateStore | None = None,
         options: ControllerOptions | None = None,
         notifier: Notifier | None = None,
+        holds: HoldStore | None = None,
         coordinator: Coordinator | None = None,
     ) -> None:
         self._host = host
@@ -134,17 +151,12 @@ class Controller:
         self.inbox: queue.SimpleQueue[Wake] = queue.SimpleQueue()
         self._memory = store.load() if store else Memory()
         self._state = StateSaver(store, self._memory)
-        self._started: Counter[DiskKey] = Counter()
-        self._completed: Counter[DiskKey] = Counter()
-        self._copied: Counter[DiskKey] = Counter()  # bytes the daemon's pulls advanced
-        self._copy_cursor: dict[DiskKey, int] = {}  # the cursor _copied last counted to
-        self._failed: Counter[DiskKey] = Counter()
-        self._aborted: Counter[tuple[DiskKey, AbortReason]] = Counter()
+        self._counters = OutcomeCounters()
         self._events: dict[DiskKey, JobOutcome] = {}
         self._vanished: dict[DiskKey, float] = {}
         self._jobs: dict[DiskKey, BlockJob] = {}
-        self._rates: dict[DiskKey, float] = {}
-        self._samples: dict[DiskKey, CursorSample] = {}
+        self._pull_directories: list[str] = []  # where the daemon's running pulls write
+        self._rates = RateMeter()
         self._plan: Plan | None = None
         self._dependents: dict[str, int] = {}
         self._libvirt_up = False
@@ -157,10 +169,13 @@ class Controller:
         self._reload_ok = True
         self._reload_success_at: float | None = clock.time()
         self._policy_error: str | None = None
+        self._hold_watch = HoldWatch(holds) if holds is not None else None
         now = clock.monotonic()
         self._next_full = now
         self._next_progress = now + self._options.progress_interval
         self._next_file_check = now + self._options.file_check_interval
+        self._next_holds_check = now + self._options.holds_check_interval
+        self._next_sweep = now  # the host says when next (`Sweep.next_in`)
         self.snapshot: Snapshot = self._build_snapshot()
         self._host.subscribe(self.inbox.put)
         self._coordinator.subscribe(self.inbox.put)
@@ -200,8 +215,12 @@ class Controller:
 
     def next_deadline(self) -> float:
         deadline = min(self._next_full, self._next_file_check)
-        if self._jobs and self._libvirt_up:  # down: only the reconnect backoff wakes us
-            deadline = min(deadline, self._next_progress)
+        if self._hold_watch is not None:
+            deadline = min(deadline, self._next_holds_check)
+        if self._libvirt_up:  # down: only the reconnect backoff wakes us
+            deadline = min(deadline, self._next_sweep)
+            if self._jobs:
+                deadline = min(deadline, self._next_progress)
         return deadline
 
     def step(self, wakes: Iterable[Wake]) -> None:
@@ -230,10 +249,16 @@ class Controller:
             self._next_file_check = now + self._options.file_check_interval
             if self._source.changed_on_disk():
                 full |= self._reload()
+        if self._hold_watch is not None and now >= self._next_holds_check:
+            self._next_holds_check = now + self._options.holds_check_interval
+            full |= self._hold_watch.changed()
         if full or now >= self._next_full:
             self._reconcile()
         elif self._jobs and self._libvirt_up and now >= self._next_progress:
             self._refresh_progress()
+        elif self._libvirt_up and now >= self._next_sweep:
+            if not self._sweep_jobs() and publish:
+                self.snapshot = self._build_snapshot()
         elif publish:
             self.snapshot = self._build_snapshot()
 
@@ -261,6 +286,11 @@ class Controller:
         self.snapshot = self._build_snapshot()
         return result.changed
 
+    # -- holds ------------------------------------------------------------------------------
+
+    def _holds(self) -> HoldSet:
+        return self._hold_watch.holds if self._hold_watch is not None else NO_HOLDS
+
     # -- reconcile --------------------------------------------------------------------------
 
     def _reconcile(self) -> None:
@@ -286,16 +316,23 @@ class Controller:
             self._down_since = None
         epoch = self._clock.time()
         self._settle(observation, epoch)
+        self._forget_gone_domains(observation)
         self._state.save(self._memory, again=True)  # failing, or never tried: find out first
         policy = self._source.policy
-        current = plan(
-            observation,
-            policy,
-            now_of(self._clock),
-            self._memory,
-            state_saved=self._state.saved,
-            allowances=self._coordinator.allowances(self._clock.monotonic()),
-        )
+        try:
+            current, observation = plan_reading_domains(
+                self._host,
+                observation,
+                policy,
+                now_of(self._clock),
+                self._memory,
+                self._holds(),
+                state_saved=self._state.saved,
+                allowances=self._coordinator.allowances(self._clock.monotonic()),
+            )
+        except HostError as error:
+            self._host_unreachable(error)
+            return False
         self._adopt(current, observation, epoch)
         disks = observation.disks()
         for action in current.actions:
@@ -304,6 +341,9 @@ class Controller:
         self._plan = current
         self._coordinator.report(policy.shared, current.groups)
         self._jobs = {key: disk.job for key, (_, disk) in disks.items() if disk.job is not None}
+        self._pull_directories = sorted(
+            {d for k in self._memory.tracked if k in disks and (d := image_directory(disks[k][1]))}
+        )
         for key in self._memory.tracked.keys() - self._jobs.keys():  # just started: read soon
             self._jobs[key] = BlockJob(JobType.PULL, 0, 0, None)
         self._measure_rates()
@@ -343,8 +383,9 @@ class Controller:
             grace_end = min(self._vanished.values()) + EVENT_GRACE_SECONDS
             deadline = min(deadline, now + grace_end - self._clock.time())
         deadline = min(deadline, self._coordinator.lease_end(now))  # group pulls stop in time
-        # The host changed under an action, or starts wait behind aborts: look again soon.
-        if self._host_refused or current.held_starts:
+        # The host changed under an action, starts wait behind aborts, or domains are still to
+        # be read before a start: look again soon.
+        if self._host_refused or current.held_starts or needs_another_look(current):
             deadline = min(deadline, now + LOOK_AGAIN_SECONDS)
             self._host_refused = False
         # Never a timer in the past or within float rounding of now: that would spin.
@@ -364,10 +405,7 @@ class Controller:
         key = outcome.key
         self._memory = self._memory.without_tracked(key)
         if outcome.kind is OutcomeKind.COMPLETED:
-            self._completed[key] += 1
-            last = self._jobs.get(key)
-            if last is not None and key in self._copy_cursor:  # the stretch after the last read
-                self._copied[key] += max(last.end - self._copy_cursor[key], 0)
+            self._counters.completed(key, self._jobs.get(key))
             self._memory = self._memory.with_success(key)
             log.info("pull of %s completed", key, extra=_fields(key))
         elif outcome.kind is OutcomeKind.FAILED:
@@ -384,7 +422,11 @@ class Controller:
             )
         else:
             assert outcome.reason is not None
-            self._aborted[(key, outcome.reason)] += 1
+            self._counters.aborted(key, outcome.reason)
+            if outcome.reason is AbortReason.EXTERNAL:  # respected: backs off like a failure
+                fingerprint = disk.fingerprint if disk is not None else ""
+                policy_fp = self._source.policy.fingerprint
+                self._memory = self._memory.with_interruption(key, epoch, fingerprint, policy_fp)
             log.info(
                 "pull of %s ended without completing: %s",
                 key,
@@ -392,9 +434,16 @@ class Controller:
                 extra=_fields(key, outcome.reason),
             )
 
+    def _forget_gone_domains(self, observation: Observation) -> None:
+        """Series and memories of domains that no longer exist (undefined, renamed) go at once;
+        tracked pulls were settled (domain_stopped) just before."""
+        names = frozenset(d.name for d in observation.domains)
+        self._counters.keep_only_domains(names)
+        self._memory = self._memory.only_domains(names)
+
     def _count_failure(self, key: DiskKey, disk: Disk | None, epoch: float) -> None:
         fingerprint = disk.fingerprint if disk is not None else ""
-        self._failed[key] += 1
+        self._counters.failed(key)
         self._memory = self._memory.with_failure(
             key, epoch, fingerprint, self._source.policy.fingerprint
         )
@@ -411,7 +460,7 @@ class Controller:
             self._memory = self._memory.with_tracked(
                 decision.key, TrackedJob(base=None, started_at=epoch, chain_before=disk.chain)
             )
-            self._started[decision.key] += 1
+            self._counters.started(decision.key)
             log.info(
                 "adopted a pull already running on %s", decision.key, extra=_fields(decision.key)
             )
@@ -421,10 +470,9 @@ class Controller:
             if isinstance(action, StartPull):
                 self._host.start_pull(action.key, action.base, action.bandwidth)
                 chain = disk.chain if disk is not None else ()
-                self._memory = self._memory.with_tracked(
-                    action.key, TrackedJob(action.base, self._clock.time(), chain)
-                )
-                self._started[action.key] += 1
+                tracked = TrackedJob(action.base, self._clock.time(), chain, action.growth)
+                self._memory = self._memory.with_tracked(action.key, tracked)
+                self._counters.started(action.key)
                 log.info(
                     "started pull of %s: %s", action.key, action.reason, extra=_fields(action.key)
                 )
@@ -434,7 +482,7 @@ class Controller:
                 self._host.abort(action.key)
                 if action.key in self._memory.tracked:
                     self._memory = self._memory.without_tracked(action.key)
-                    self._aborted[(action.key, action.reason)] += 1
+                    self._counters.aborted(action.key, action.reason)
                 log.info(
                     "aborted pull of %s: %s",
                     action.key,
@@ -466,50 +514,60 @@ class Controller:
         except HostError as error:
             self._host_unreachable(error)
             return
-        vanished = False
+        vanished = retuned = False
+        limits = self._plan.limits if self._plan is not None else {}
         for key, job in fresh.items():
             if job is None:
                 self._jobs.pop(key, None)
                 vanished = True
             else:
                 self._jobs[key] = job
+                # A pull of the daemon's whose speed somebody changed by hand.
+                retuned |= key in limits and job.bandwidth != limits[key]
         self._measure_rates()
-        if vanished:  # a job ended: settle it from the chain now, events or not
+        # Settle a job that ended, put a hand-set speed back, stop pulls on a file system that
+        # something else filled below min_free: now, not at the next resync.
+        if vanished or retuned or self._space_low():
             self._reconcile()
         else:
             self.snapshot = self._build_snapshot()
 
-    def _measure_rates(self) -> None:
-        """Measure each job's rate from its cursor between two reads; drop finished jobs.
+    def _space_low(self) -> bool:
+        """A file system the daemon's pulls write to is below min_free (a statvfs each)."""
+        min_free = self._source.policy.defaults.min_free
+        if not self._pull_directories or min_free.off:
+            return False
+        try:
+            found = self._host.file_systems(self._pull_directories)
+        except HostError:
+            return False  # the reconcile that follows a failed refresh says why
+        return any(
+            isinstance(fs, FileSystem) and fs.free < min_free.floor(fs.size)
+            for fs in found.values()
+        )
 
-        The earlier read is kept until a second has passed, so that reads in quick succession
-        do not measure noise."""
+    def _sweep_jobs(self) -> bool:
+        """A job somebody else started counts against the budget from the next reconcile: now,
+        once the sweep finds it. Whether a snapshot was published."""
         now = self._clock.monotonic()
-        rates: dict[DiskKey, float] = {}
-        samples: dict[DiskKey, CursorSample] = {}
-        self._count_copied()
-        for key, job in self._jobs.items():
-            sample = CursorSample(job.cur, now)
-            previous = self._samples.get(key)
-            rate = rate_between(previous, sample) if previous is not None else None
-            if previous is not None and rate is not None:
-                rates[key] = rate
-                samples[key] = sample if now - previous.at >= 1.0 else previous
-            else:
-                samples[key] = sample
-                if key in self._rates:
-                    rates[key] = self._rates[key]
-        self._rates, self._samples = rates, samples
+        self._next_sweep = now + MIN_SWEEP_SECONDS
+        try:
+            sweep = self._host.sweep_jobs()
+        except HostError as error:
+            self._host_unreachable(error)
+            return True
+        wait = sweep.next_in if sweep.next_in is not None else math.inf
+        self._next_sweep = now + max(wait, MIN_SWEEP_SECONDS)
+        if not sweep.found:
+            return False
+        log.info("a block job started by somebody else turned up: reconciling")
+        self._reconcile()
+        return True
 
-    def _count_copied(self) -> None:
-        """Add what the daemon's pulls advanced since the last read to the copied counter."""
-        tracked = self._memory.tracked
-        cursors: dict[DiskKey, int] = {}
-        for key, job in self._jobs.items():
-            if key in tracked:
-                self._copied[key] += bytes_advanced(self._copy_cursor.get(key), job.cur)
-                cursors[key] = job.cur
-        self._copy_cursor = cursors
+    def _measure_rates(self) -> None:
+        """Rates from the cursors, and the bytes the daemon's pulls advanced since last read."""
+        self._counters.copied(self._jobs, self._memory.tracked)
+        self._rates.measure(self._jobs, self._clock.monotonic())
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -521,16 +579,10 @@ class Controller:
             libvirt_up=self._libvirt_up,
             plan=self._plan,
             jobs=tuple(
-                JobProgress(key, job, self._rates.get(key), key in tracked)
+                JobProgress(key, job, self._rates.rate(key), key in tracked)
                 for key, job in sorted(self._jobs.items())
             ),
-            counters=Counters(
-                started=dict(self._started),
-                completed=dict(self._completed),
-                copied=dict(self._copied),
-                failed=dict(self._failed),
-                aborted=dict(self._aborted),
-            ),
+            counters=self._counters.freeze(),
             backing_dependents=self._dependents,
             window_names=tuple(w.name for w in policy.windows),
             rule_names=tuple(r.name for r in policy.rules),
@@ -542,6 +594,7 @@ class Controller:
             last_reconcile_success_at=self._last_success,
             state_saved=self._state.saved,
             state_save_failures=self._state.failures,
+            holds=self._holds(),
             coordination=self._coordinator.status(),
         )
 

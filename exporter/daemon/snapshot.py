@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from exporter.core.coordinator import CoordinationStatus
 from exporter.core.decisions import AbortReason, Plan
+from exporter.core.holds import NO_HOLDS, HoldSet
 from exporter.core.model import BlockJob, DiskKey
 
 
@@ -60,4 +61,5 @@ class Snapshot:
     last_reconcile_success_at: float | None
     state_saved: bool = True  # False while saving the state fails: no new pull starts then
     state_save_failures: int = 0  # failed saves since the daemon started
+    holds: HoldSet = NO_HOLDS  # as last read from the holds file; `in_force(taken_at)` to show
     coordination: CoordinationStatus | None = None  # None: no coordinator (no shared groups)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client.utils import floatToGoString
 
-from exporter.core.decisions import AbortReason, DiskState
+from exporter.core.decisions import AbortReason, DiskState, Plan
 from exporter.core.model import DiskKey
 from exporter.daemon.snapshot import Counters, Histogram, Snapshot
 from exporter.metrics.exposition import NO_LABELS, Family, Labels
@@ -71,6 +71,7 @@ def families(snapshot: Snapshot | None, version: str) -> list[Family]:
     result += _counter_families(snapshot, disks)
     if snapshot.plan is not None:
         result += _plan_families(snapshot, disks)
+    result += _hold_families(snapshot)
     if snapshot.coordination is not None:
         from exporter.metrics.coordination import coordination_families  # it imports this one
 
@@ -116,7 +117,8 @@ class _Disks:
             if d.state is not _INDEPENDENT or d.key in nonzero:
                 keys.append(d.key)
                 labels.append(lab)
-        # Disks now ignored, unselected or gone keep their counts visible, after the rest.
+        # Disks now ignored or unselected keep their counts visible, after the rest (those of
+        # domains that no longer exist are dropped by the controller).
         if nonzero:
             nonzero.difference_update(keys)
             for key in sorted(nonzero, key=_sort_key):
@@ -291,6 +293,51 @@ def _counter_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
     ]
 
 
+def _hold_families(snapshot: Snapshot) -> list[Family]:
+    holds = sorted(snapshot.holds.in_force(snapshot.taken_at), key=lambda h: h.domains)
+    return [
+        _gauge(
+            "blockpull_hold_expiry_timestamp_seconds",
+            "When each hold in force (`blockpull-exporter hold`) ends, in seconds since the "
+            'epoch, by its domain glob; +Inf for domains="*" when the holds file is unreadable.',
+            [Labels.of(domains=h.domains) for h in holds],
+            [h.until for h in holds],
+        )
+    ]
+
+
+def _space_families(plan: Plan) -> list[Family]:
+    checks = plan.space
+    labels = [Labels.of(mountpoint=c.mountpoint) for c in checks]
+    return [
+        _gauge(
+            "blockpull_filesystem_free_bytes",
+            "Free space QEMU may still use on a file system holding images being pulled.",
+            labels,
+            [float(c.free) for c in checks],
+        ),
+        _gauge(
+            "blockpull_filesystem_size_bytes",
+            "Size of a file system holding images being pulled.",
+            labels,
+            [float(c.size) for c in checks],
+        ),
+        _gauge(
+            "blockpull_filesystem_min_free_bytes",
+            "Free space the policy's min_free keeps on the file system: no pull starts that "
+            "could take it below, and running pulls are aborted when it falls below.",
+            labels,
+            [float(c.floor) for c in checks],
+        ),
+        _gauge(
+            "blockpull_filesystem_reserved_bytes",
+            "The most the pulls running on the file system may still write.",
+            labels,
+            [float(c.reserved) for c in checks],
+        ),
+    ]
+
+
 def _plan_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
     plan = snapshot.plan
     assert plan is not None
@@ -339,4 +386,5 @@ def _plan_families(snapshot: Snapshot, disks: _Disks) -> list[Family]:
             disks.labels,
             [float(d.consecutive_failures) for d in disks.decisions],
         ),
+        *_space_families(plan),
     ]

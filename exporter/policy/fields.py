@@ -14,7 +14,8 @@ from datetime import time
 from yaml.nodes import Node, ScalarNode
 
 from exporter.config_file.checker import FLOAT, INT, STR, Checker, describe
-from exporter.policy.units import parse_duration, parse_size_rate
+from exporter.policy.units import parse_duration, parse_size, parse_size_rate
+from exporter.policy.values import MinFree
 
 MAX_GLOBS = 100  # in each of a rule's glob lists
 
@@ -47,6 +48,28 @@ class PolicyFieldChecker(Checker):
             )
             return False, None
         return True, value
+
+    def min_free(self, node: Node, path: str) -> MinFree | None:
+        """A size ("20GiB"), a percentage of the file system ("10%"), or 0 (no guard)."""
+        if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT):
+            if node.value.strip() in ("0", "0.0"):
+                return MinFree()
+            self.at(node, path, f'min_free needs a unit or a percent sign, e.g. "{node.value}%"')
+            return None
+        text = self.string(node, path, 'a size like "20GiB" or a percentage like "10%"')
+        if text is None:
+            return None
+        stripped = text.strip()
+        try:
+            if stripped.endswith("%"):
+                percent = float(stripped[:-1])
+                if not 0 <= percent < 100:
+                    raise ValueError(f'a percentage from 0% to 99%, got "{text}"')
+                return MinFree(percent=percent)
+            return MinFree(bytes=parse_size(stripped))
+        except ValueError as error:
+            self.at(node, path, str(error))
+            return None
 
     def duration(self, node: Node, path: str) -> float | None:
         if isinstance(node, ScalarNode) and node.tag in (INT, FLOAT):

@@ -25,8 +25,10 @@ from exporter.config_file.reading import UnreadableFileError, read_config_file
 from exporter.policy.fields import PolicyFieldChecker
 from exporter.policy.shared_section import parse_shared
 from exporter.policy.values import (
+    DEFAULT_MIN_FREE,
     Budget,
     Defaults,
+    MinFree,
     OutsideWindows,
     Policy,
     Retry,
@@ -53,7 +55,7 @@ DAY_GROUPS: dict[str, frozenset[int]] = {
 }
 
 ROOT_KEYS = ("version", "timezone", "defaults", "windows", "rules", "shared")
-DEFAULTS_KEYS = ("bandwidth", "max_concurrent", "outside_windows", "retry")
+DEFAULTS_KEYS = ("bandwidth", "max_concurrent", "outside_windows", "retry", "min_free")
 RETRY_KEYS = ("max_attempts", "backoff", "max_backoff")
 WINDOW_KEYS = ("days", "from", "to", "bandwidth", "max_concurrent")
 RULE_KEYS = (
@@ -199,9 +201,12 @@ class _PolicyChecker(PolicyFieldChecker):
         retry: Retry | None = DEFAULT_RETRY
         if "retry" in fields and not is_null(fields["retry"][1]):
             retry = self.retry(fields["retry"][1])
-        if not ok or retry is None:
+        min_free: MinFree | None = DEFAULT_MIN_FREE
+        if "min_free" in fields:
+            min_free = self.min_free(fields["min_free"][1], "defaults.min_free")
+        if not ok or retry is None or min_free is None:
             return None
-        return Defaults(Budget(bandwidth, max_concurrent), outside, retry)
+        return Defaults(Budget(bandwidth, max_concurrent), outside, retry, min_free)
 
     def retry(self, node: Node) -> Retry | None:
         fields = self.mapping(node, "defaults.retry", RETRY_KEYS)

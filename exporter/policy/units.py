@@ -32,6 +32,12 @@ _RATE_FORMS = (
     'or "unlimited"'
 )
 
+_SIZE_RE = re.compile(r"^(?P<number>[0-9]+(?:\.[0-9]+)?)\s?(?P<unit>[A-Za-z]+)$")
+_SIZE_FORMS = (
+    'a size is a number with a unit, like "20GiB", "500MB" or "1.5TiB" (units B, KB/kB, MB, GB, '
+    "TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024)"
+)
+
 _DURATION_UNITS: dict[str, int] = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)([dhms])")
 _DURATION_FORMS = (
@@ -45,16 +51,31 @@ def parse_size_rate(text: str) -> int | None:
 
     Zero is returned as 0; whether zero is acceptable is the caller's decision.
     """
-    stripped = text.strip()
-    if stripped == UNLIMITED:
+    if text.strip() == UNLIMITED:
         return None
-    match = _RATE_RE.match(stripped)
+    return _bytes(text, _RATE_RE, "a bandwidth", _RATE_FORMS)
+
+
+def parse_size(text: str) -> int:
+    """Bytes for `text` such as `20GiB` or `500MB`; rounds down to whole bytes."""
+    return _bytes(text, _SIZE_RE, "a size", _SIZE_FORMS)
+
+
+def _bytes(text: str, pattern: re.Pattern[str], what: str, forms: str) -> int:
+    """A number with one of the byte units, as `pattern` frames it (with `/s` or without)."""
+    match = pattern.match(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not a bandwidth; {_RATE_FORMS}")
+        raise ValueError(f"{text!r} is not {what}; {forms}")
     unit = match.group("unit")
     if unit not in _RATE_UNITS:
-        raise ValueError(f"unknown unit {unit!r} in {text!r}; {_RATE_FORMS}")
+        raise ValueError(f"unknown unit {unit!r} in {text!r}; {forms}")
     return int(float(match.group("number")) * _RATE_UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """Bytes for humans: exact multiples keep their unit ("20GiB"), others one decimal in the
+    largest fitting IEC unit ("9.5MiB")."""
+    return format_bytes_rate(size).removesuffix("/s")
 
 
 def parse_duration(text: str) -> float:
@@ -100,3 +121,10 @@ def format_duration(seconds: float) -> str:
         elif unit == "s" and fraction:
             parts.append(f"{count + fraction:g}s")
     return "".join(parts) or "0s"
+
+
+def format_timestamp(epoch: float) -> str:
+    """Epoch seconds as UTC ISO 8601 to the second: "2026-11-26T11:00:00Z"."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

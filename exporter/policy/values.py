@@ -6,6 +6,7 @@ Built only by `exporter.policy.loader`; everything else reads these types. A ban
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import time
 from enum import StrEnum
@@ -39,10 +40,36 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class MinFree:
+    """The free space a pull must leave on the file system of the image it writes: a size in
+    bytes or a percentage of the file system's size; zero on both turns the guard off."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    @property
+    def off(self) -> bool:
+        return self.bytes == 0 and self.percent == 0.0
+
+    def floor(self, size: int) -> int:
+        """Bytes that must stay free on a file system of `size` bytes (rounded up)."""
+        return self.bytes + math.ceil(size * self.percent / 100)
+
+    def __str__(self) -> str:
+        from exporter.policy.units import format_size
+
+        return f"{self.percent:g}%" if self.percent else format_size(self.bytes)
+
+
+DEFAULT_MIN_FREE = MinFree(percent=10.0)
+
+
+@dataclass(frozen=True)
 class Defaults:
     budget: Budget
     outside_windows: OutsideWindows
     retry: Retry
+    min_free: MinFree = DEFAULT_MIN_FREE
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ from exporter.core.clock import Clock, SystemClock
 from exporter.core.decisions import AbortReason, DiskState
 from exporter.core.model import DiskKey
 from exporter.daemon.controller import Controller, ControllerOptions, Shutdown
+from exporter.daemon.hold_store import HoldStore
 from exporter.daemon.snapshot import Snapshot
+from exporter.daemon.state_store import StateStore
 from exporter.hosts.libvirt.host import LibvirtHost
 from exporter.policy.source import PolicySource
 from harness.libvirtd import URI
@@ -86,14 +88,19 @@ def running_in_process(
     clock: Clock | None = None,
     options: ControllerOptions = QUICK_TIMERS,
     only: Iterable[str] | None = None,
+    state_dir: Path | None = None,
+    libvirt_host: LibvirtHost | None = None,
 ) -> Iterator[InProcessDaemon]:
     """The daemon on `policy_text` and qemu:///system, stopped on exit; `only`: see
-    RecordingHost."""
+    RecordingHost. `state_dir`: where it keeps its memory and reads holds (None: neither);
+    `libvirt_host`: one built with other settings than the daemon's defaults."""
     path = write_policy(workdir / "policy.yaml", policy_text)
     require_own_policy(path)
     clock = clock or SystemClock()
-    host = RecordingHost(LibvirtHost(URI), clock, only)
-    controller = Controller(host, PolicySource(path), clock, None, options)
+    host = RecordingHost(libvirt_host or LibvirtHost(URI), clock, only)
+    store = StateStore(state_dir) if state_dir is not None else None
+    holds = HoldStore(state_dir) if state_dir is not None else None
+    controller = Controller(host, PolicySource(path), clock, store, options, holds=holds)
     errors: list[BaseException] = []
 
     def loop() -> None:

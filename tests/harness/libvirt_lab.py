@@ -61,12 +61,14 @@ def remove_image_folder(folder: Path) -> None:
 # -- domains -----------------------------------------------------------------------------------
 
 
-def domain_xml(name: str, disks: Sequence[DiskSpec]) -> str:
+def domain_xml(name: str, disks: Sequence[DiskSpec], boot_disk: bool = False) -> str:
+    """`boot_disk`: SeaBIOS boots the first disk (a guest that runs code from it)."""
     devices = "".join(_disk_xml(d) for d in disks)
+    boot = "<boot dev='hd'/>" if boot_disk else ""
     return (
         f"<domain type='qemu'><name>{escape(name)}</name>"
         "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
-        "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+        f"<os><type arch='x86_64' machine='pc'>hvm</type>{boot}</os>"
         f"<on_poweroff>destroy</on_poweroff><devices>{devices}</devices></domain>"
     )
 
@@ -146,6 +148,13 @@ def remove_domain(conn: libvirt.virConnect, name: str) -> None:
             raise
 
 
+def pull_by_hand(conn: libvirt.virConnect, key: DiskKey, bandwidth: int) -> None:
+    """`virsh blockpull --bandwidth` on a run's own domain, as somebody else would."""
+    require_own(key.domain)
+    flags = libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES
+    conn.lookupByName(key.domain).blockPull(key.disk, bandwidth, flags)
+
+
 # -- one run's lab -----------------------------------------------------------------------------
 
 
@@ -186,6 +195,12 @@ class Lab:
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         return dom
 
+    def boot(self, label: str, disks: Sequence[DiskSpec]) -> libvirt.virDomain:
+        """A new domain, running: its guest boots from the first disk."""
+        dom = self.conn.defineXML(domain_xml(self.name(label), disks, boot_disk=True))
+        dom.create()
+        return dom
+
     def define(self, label: str, disks: Sequence[DiskSpec]) -> str:
         """A new persistent domain, defined and never started."""
         name = self.name(label)
@@ -210,16 +225,23 @@ class Lab:
     def stop(self, name: str) -> None:
         stop_domain(self.conn, name)
 
-    def close(self) -> None:
-        """Removes every domain and the folder, on a fresh connection: the lab's own may have
-        died with a libvirtd restart."""
+    def remove_domains(self, wait: bool = False) -> None:
+        """Removes every domain, on a fresh connection: the lab's own may have died with a
+        libvirtd restart. `wait`: until their QEMUs are gone (a file system they used can go)."""
+        if not self.names:
+            return
+        conn = open_conn()
         try:
-            if self.names:
-                conn = open_conn()
-                try:
-                    with ThreadPoolExecutor(max_workers=CLEANUP_WORKERS) as pool:
-                        list(pool.map(lambda name: remove_domain(conn, name), self.names))
-                finally:
-                    conn.close()
+            with ThreadPoolExecutor(max_workers=CLEANUP_WORKERS) as pool:
+                list(pool.map(lambda name: remove_domain(conn, name), self.names))
+            for name in self.names if wait else ():
+                wait_shut_off(conn, name)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        """Removes every domain and the folder."""
+        try:
+            self.remove_domains()
         finally:
             remove_image_folder(self.folder)

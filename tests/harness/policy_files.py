@@ -36,12 +36,15 @@ def policy(
     retry: Mapping[str, object] | None = None,
     outside_windows: str | None = None,
     windows: Mapping[str, Mapping[str, object]] | None = None,
+    min_free: str | int | None = None,
 ) -> str:
-    """A policy in UTC; `retry` and `outside_windows` omitted keep the loader's defaults;
-    `windows`: name -> fields ({"days": "daily", "from": "10:00", "to": "10:01"})."""
+    """A policy in UTC; `retry`, `outside_windows` and `min_free` omitted keep the loader's
+    defaults; `windows`: name -> fields ({"days": "daily", "from": "10:00", "to": "10:01"})."""
     defaults: dict[str, object] = {"bandwidth": bandwidth, "max_concurrent": max_concurrent}
     if outside_windows is not None:
         defaults["outside_windows"] = outside_windows
+    if min_free is not None:
+        defaults["min_free"] = min_free
     if retry is not None:
         defaults["retry"] = dict(retry)
     text = "version: 1\ntimezone: UTC\ndefaults:\n"
@@ -65,6 +68,7 @@ def policy_for_domains(
     max_backoff: str = "2s",
     rule_name: str = "e2e",
     window: str | None = None,
+    min_free: str | int | None = None,
 ) -> str:
     """The subprocess suites' policy: one rule naming exactly `domains`, short retries.
 
@@ -78,6 +82,7 @@ def policy_for_domains(
         max_concurrent=max_concurrent,
         retry=retry(max_attempts, backoff, max_backoff),
         windows={window: {"days": "daily"}} if window else None,
+        min_free=min_free,
     )
 
 

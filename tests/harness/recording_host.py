@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from exporter.core.clock import Clock
-from exporter.core.host import EventSink, Host
-from exporter.core.model import BlockJob, DiskKey, HostEvent, JobEvent, JobOutcome, Observation
+from exporter.core.host import EventSink, Host, Sweep
+from exporter.core.model import (
+    BlockJob,
+    DiskKey,
+    FileSystem,
+    HostEvent,
+    Inspection,
+    JobEvent,
+    JobOutcome,
+    Observation,
+    Unmeasured,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class RecordingHost:
         self.calls: list[Call] = []
         self.events: list[SeenEvent] = []
         self.observes: list[tuple[float, float]] = []  # (monotonic start, seconds taken)
+        self.inspections: list[tuple[float, float, tuple[str, ...]]] = []  # ... and domains
 
     # -- the Host protocol -----------------------------------------------------------------------
 
@@ -62,10 +73,23 @@ class RecordingHost:
         self.observes.append((began, time.monotonic() - began))
         if self._only is None:
             return seen
-        return Observation(tuple(d for d in seen.domains if d.name in self._only))
+        return replace(seen, domains=tuple(d for d in seen.domains if d.name in self._only))
 
     def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
         return self.inner.refresh_jobs(keys)
+
+    def sweep_jobs(self) -> Sweep:
+        return self.inner.sweep_jobs()
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        return self.inner.file_systems(directories)
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        wanted = list(domains)
+        began = time.monotonic()
+        found = self.inner.inspect(wanted)
+        self.inspections.append((began, time.monotonic() - began, tuple(wanted)))
+        return found
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         began = time.monotonic()

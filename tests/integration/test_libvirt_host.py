@@ -440,18 +440,24 @@ def test_calls_after_close_are_connection_errors(libvirt_conn: libvirt.virConnec
     _raises(ErrorReason.CONNECTION, host.observe)
 
 
-def test_a_job_started_by_someone_else_is_found_at_the_next_sweep_not_before(
+def test_a_job_started_by_someone_else_is_found_by_the_sweep_within_its_interval(
     libvirt_conn: libvirt.virConnect, domains: Lab, image_folder: Path
 ) -> None:
     now = [0.0]
-    host = LibvirtHost(URI, clock=lambda: now[0], job_sweep_interval=300.0)
+    host = LibvirtHost(URI, clock=lambda: now[0], job_sweep_interval=50.0)
     try:
         key, _ = _domain_with_chain(domains, image_folder)
         host.observe()  # the first observe sweeps: no job yet
         dom = libvirt_conn.lookupByName(key.domain)
         dom.blockPull(key.disk, SLOW, libvirt.VIR_DOMAIN_BLOCK_PULL_BANDWIDTH_BYTES)
-        assert host.observe().disks()[key][1].job is None  # no per-disk read between sweeps
-        now[0] = 301.0
+        assert host.observe().disks()[key][1].job is None  # observe reads no unknown disk
+        found = False
+        while not found and now[0] <= 50.0:  # the controller sweeps when the host says
+            sweep = host.sweep_jobs()
+            found = sweep.found
+            assert sweep.next_in is not None and sweep.next_in <= 5.0
+            now[0] += sweep.next_in or 5.0
+        assert found
         job = host.observe().disks()[key][1].job
         assert job is not None and job.type is JobType.PULL
     finally:

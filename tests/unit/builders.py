@@ -12,13 +12,23 @@ Values are built directly (no YAML), with the loader's defaults: bandwidth in by
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, time
 
 from exporter.core.decisions import Action, SetSpeed, StartPull
 from exporter.core.memory import Failures, Memory
-from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
+from exporter.core.model import (
+    BlockJob,
+    ChainUsage,
+    Disk,
+    DiskKey,
+    Domain,
+    DomainState,
+    Inspection,
+    JobType,
+    Observation,
+)
 from exporter.policy.values import (
     Budget,
     Defaults,
@@ -31,7 +41,8 @@ from exporter.policy.values import (
 )
 
 MiB = 1024**2
-BASE = "/var/lib/libvirt/images/templates/os-base.qcow2"
+IMAGES = "/var/lib/libvirt/images"
+BASE = f"{IMAGES}/templates/os-base.qcow2"
 ALL_DAYS = frozenset(range(7))
 
 
@@ -146,15 +157,18 @@ def disk(
     job: BlockJob | None = None,
     readonly: bool = False,
     transient: bool = False,
+    local_file: bool = False,
 ) -> Disk:
-    """A disk backed by `chain`; source defaults to an overlay named after the target."""
+    """A disk backed by `chain`; source defaults to an overlay named after the target.
+    `local_file`: its top is a local file, under the min_free guard."""
     return Disk(
         target=target,
-        source=f"/var/lib/libvirt/images/{target}.qcow2" if source == "" else source,
+        source=f"{IMAGES}/{target}.qcow2" if source == "" else source,
         chain=chain,
         readonly=readonly,
         transient=transient,
         job=job,
+        local_file=local_file,
     )
 
 
@@ -164,7 +178,19 @@ def domain(name: str, *disks: Disk, state: DomainState = DomainState.RUNNING) ->
 
 
 def observation(*domains: Domain) -> Observation:
-    return Observation(domains=domains)
+    """The domains, each read in full already (as the controller does before a start)."""
+    return inspected(Observation(domains=domains))
+
+
+def inspected(obs: Observation, usage: Mapping[DiskKey, ChainUsage] | None = None) -> Observation:
+    """`obs` with every domain inspected: its jobs as observed, `usage` for the disks given."""
+    found = {}
+    for d in obs.domains:
+        jobs = {k.target: k.job for k in d.disks if k.job is not None}
+        keys = {k.target: DiskKey(d.name, k.target) for k in d.disks}
+        known = {target: usage[key] for target, key in keys.items() if usage and key in usage}
+        found[d.name] = Inspection(jobs, known)
+    return obs.with_inspections(found)
 
 
 def find_disk(obs: Observation, key: DiskKey) -> Disk:
@@ -199,7 +225,8 @@ def key(domain: str, disk: str = "vda") -> DiskKey:
 def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
     """The host after a perfect host applied `actions` in order (pure; asserts they make sense).
 
-    A start creates a pull job at the given speed (None = unlimited), a speed change
+    A start creates a pull job at the given speed (None = unlimited) that reports
+    `cur == end == 0`, as libvirt does right after a start; a speed change
     replaces the job's bandwidth, an abort removes the job.
     """
     jobs = {key: d.job for key, (_, d) in obs.disks().items()}
@@ -207,19 +234,20 @@ def apply(obs: Observation, actions: Iterable[Action]) -> Observation:
         current = jobs[action.key]
         if isinstance(action, StartPull):
             assert current is None, f"start on busy disk {action.key}"
-            jobs[action.key] = BlockJob(JobType.PULL, 0, 100 * MiB, action.bandwidth)
+            jobs[action.key] = BlockJob(JobType.PULL, 0, 0, action.bandwidth)  # just started
         elif isinstance(action, SetSpeed):
             assert current is not None and current.type is JobType.PULL, action
             jobs[action.key] = replace(current, bandwidth=action.bandwidth)
         else:
             assert current is not None and current.type is JobType.PULL, action
             jobs[action.key] = None
-    return Observation(
-        tuple(
+    return replace(
+        obs,
+        domains=tuple(
             replace(
                 dom,
                 disks=tuple(replace(d, job=jobs[DiskKey(dom.name, d.target)]) for d in dom.disks),
             )
             for dom in obs.domains
-        )
+        ),
     )

@@ -1,19 +1,31 @@
-"""The controller's invariants, checked against the simulated host after every step."""
+"""The controller's invariants, checked against the simulated host after every step: budget,
+windows, selection and idempotency, and the guards: never two pulls in one domain, no pull of
+the daemon's on a held domain, no file system below min_free."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
+
 from exporter.core.clock import now_of
-from exporter.core.model import JobType
-from exporter.core.planner import plan
+from exporter.core.model import FileSystem, JobType
 from exporter.core.schedule import budget_at, open_windows, rule_open
 from exporter.core.selection import select_rule
+from exporter.core.space import image_directory
 from exporter.daemon.controller import Controller
+from exporter.daemon.planning import plan_reading_domains
 from exporter.hosts.sim.host import SimulatedHost
 from exporter.policy.values import OutsideWindows, RuleAction
 
 
-def assert_invariants(controller: Controller, host: SimulatedHost) -> None:
-    """Budget, windows, selection and idempotency hold for what the host shows now."""
+def assert_invariants(
+    controller: Controller, host: SimulatedHost, filled: Mapping[str, int] | None = None
+) -> None:
+    """Budget, windows, selection, the guards and idempotency hold for what the host shows now.
+
+    `filled`: bytes others (a guest) wrote to each simulated file system, by directory: those
+    may take it below min_free, the daemon's pulls never; and while it is below, none of the
+    daemon's pulls writes there."""
     policy = controller.policy
     now = now_of(host.clock)
     windows = open_windows(policy, now)
@@ -44,5 +56,27 @@ def assert_invariants(controller: Controller, host: SimulatedHost) -> None:
         assert rule is not None
         if policy.defaults.outside_windows is OutsideWindows.PAUSE:
             assert rule_open(rule, windows), f"{key} pulls outside the windows of {rule.name}"
-    again = plan(observation, policy, now, controller.memory)
+    pulls_per_domain = Counter(
+        k.domain
+        for k, (_, d) in observation.disks().items()
+        if d.job and d.job.type is JobType.PULL
+    )
+    for key in managed:
+        assert pulls_per_domain[key.domain] == 1, f"two pulls in {key.domain}"
+        assert controller.snapshot.holds.holding(key.domain, now.timestamp()) is None, (
+            f"{key} pulls on a held domain"
+        )
+    min_free = policy.defaults.min_free
+    for directory, fs in observation.file_systems.items():
+        if not isinstance(fs, FileSystem) or min_free.off:
+            continue
+        floor = min_free.floor(fs.size)
+        others = (filled or {}).get(directory, 0)
+        assert fs.free + others >= floor, f"the daemon's pulls took {fs} below {min_free}"
+        if fs.free < floor:
+            writing = [k for k in managed if image_directory(host.disk(k)) == directory]
+            assert not writing, f"{writing} still pull into {fs}, below min_free {min_free}"
+    again, _ = plan_reading_domains(
+        host, observation, policy, now, controller.memory, controller.snapshot.holds
+    )
     assert again.actions == (), f"planning again acts: {again.actions}"

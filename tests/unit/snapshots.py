@@ -6,7 +6,9 @@ import re
 from collections.abc import Iterable
 
 from exporter.core.decisions import AbortReason, DiskDecision, DiskState, Plan
+from exporter.core.holds import NO_HOLDS, Hold, HoldSet
 from exporter.core.model import BlockJob, DiskKey, JobType
+from exporter.core.space import SpaceCheck
 from exporter.daemon.snapshot import Counters, Histogram, JobProgress, Snapshot
 from exporter.metrics.renderer import render
 from exporter.policy.values import Budget
@@ -69,6 +71,7 @@ def plan(
     bandwidth: int | None = 50 * MiB,
     max_concurrent: int = 2,
     open_windows: Iterable[str] = (),
+    space: Iterable[SpaceCheck] = (),
 ) -> Plan:
     return Plan(
         actions=(),
@@ -76,6 +79,7 @@ def plan(
         budget=Budget(bandwidth=bandwidth, max_concurrent=max_concurrent),
         open_windows=frozenset(open_windows),
         next_wake=None,
+        space=tuple(space),
     )
 
 
@@ -93,6 +97,7 @@ def snapshot(
     policy_error: str | None = None,
     reconcile_duration: Histogram | None = None,
     last_reconcile_success_at: float | None = 1_700_000_100.0,
+    holds: HoldSet = NO_HOLDS,
 ) -> Snapshot:
     return Snapshot(
         taken_at=1_700_000_100.0,
@@ -109,6 +114,7 @@ def snapshot(
         policy_error=policy_error,
         reconcile_duration=reconcile_duration or histogram(),
         last_reconcile_success_at=last_reconcile_success_at,
+        holds=holds,
     )
 
 
@@ -121,6 +127,8 @@ def realistic_snapshot() -> Snapshot:
         decision("web-3", "vda", state=DiskState.BACKOFF, depth=1, failures=2),
         decision("web-4", "vda", state=DiskState.GAVE_UP, depth=1, failures=5),
         decision("web-5", "vda", state=DiskState.NOT_RUNNING, depth=1),
+        decision("web-6", "vda", state=DiskState.WAITING_SPACE, depth=1),
+        decision("web-7", "vda", state=DiskState.HELD, depth=1),
         decision("db-1", "vda", rule="databases", state=DiskState.IGNORED, depth=1),
         decision("misc-1", "vda", rule=None, state=DiskState.INDEPENDENT, depth=1),
     ]
@@ -133,8 +141,16 @@ def realistic_snapshot() -> Snapshot:
             (DiskKey("web-3", "vda"), AbortReason.DOMAIN_STOPPED): 1,
         },
     )
+    images = SpaceCheck("/var/lib/libvirt/images", 500 * GiB, 60 * GiB, 50 * GiB, 5 * GiB)
     return snapshot(
-        plan(decisions, bandwidth=400 * MiB, max_concurrent=4, open_windows={"nights"}),
+        plan(
+            decisions,
+            bandwidth=400 * MiB,
+            max_concurrent=4,
+            open_windows={"nights"},
+            space=[images],
+        ),
+        holds=HoldSet((Hold("web-7", 1_700_000_000.0, 1_700_003_600.0, "backup", "ops"),)),
         jobs=[
             job("web-1", "vda", cur=3 * GiB, end=8 * GiB, bandwidth=400 * MiB),
             job("other-1", "vdc", bandwidth=None, managed=False, type=JobType.COPY),

@@ -1,7 +1,8 @@
 """Stateful property test: the controller on the simulated host under random sequences of
-clock steps, job failures, destroyed and restarted domains, dropped connections, jobs started
-by hand, silent completions and policy reloads. After every step the invariants hold; at the
-end, once the faults stop and windows allow, every selected disk is pulled."""
+clock steps, job failures, destroyed and restarted domains, dropped connections, jobs started,
+aborted and throttled by hand, silent completions, policy reloads, holds, and a guest filling
+the file system the overlays live on. After every step the invariants hold; at the end, once
+the faults stop, the holds are released and windows allow, every selected disk is pulled."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from invariants import assert_invariants
 
 from exporter.core.decisions import DiskDecision, DiskState
+from exporter.core.holds import Hold
 from exporter.core.model import DiskKey, JobType
 from exporter.daemon.controller import Controller, ControllerOptions, Reload
+from exporter.daemon.hold_store import HoldStore
 from exporter.hosts.sim.host import SimulatedHost
-from exporter.hosts.sim.records import MiB, SimDisk
+from exporter.hosts.sim.records import GiB, MiB, SimDisk
 from exporter.hosts.sim.world import DEFAULT_EPOCH
 from exporter.policy.source import PolicySource
 
@@ -79,15 +82,20 @@ rules:
 )
 
 DONE = {DiskState.INDEPENDENT, DiskState.GAVE_UP}
+IMAGES = "/images"
+FS_SIZE = 10 * GiB  # min_free is the default 10%: 1 GiB
+FS_FREE = 7 * GiB  # room for every pull (7 disks, db-1's by hand too, x 2 x 400 MiB), not at once
+FLOOR = FS_SIZE // 10
 RESYNC = 120.0
 PROGRESS = 5.0
+HOLDS_CHECK = 30.0
 KEYS = st.sampled_from([DiskKey(d, "vda") for d in DOMAINS])
 
 
 def disks_of(name: str, size: int) -> list[SimDisk]:
     """A vda with `size` bytes in each image of its chain; app-1 also has a vdb."""
     targets = ("vda", "vdb") if name == APP_1 else ("vda",)
-    return [SimDisk(t, f"/images/{name}-{t}.qcow2", chain=(APP, BASE), size=size) for t in targets]
+    return [SimDisk(t, f"{IMAGES}/{name}-{t}.qcow2", chain=(APP, BASE), size=size) for t in targets]
 
 
 class ControllerMachine(RuleBasedStateMachine):
@@ -104,13 +112,20 @@ class ControllerMachine(RuleBasedStateMachine):
         self.host = SimulatedHost(start=DEFAULT_EPOCH + start, device_speed=64 * MiB)
         for name in DOMAINS:
             self.host.add_domain(name, disks_of(name, size * MiB))
+        self.host.add_file_system(IMAGES, FS_SIZE, FS_FREE)
+        self.filled = 0  # bytes a guest wrote there
+        self.holds = HoldStore(self.folder / "state")
         self.controller = Controller(
             self.host,
             PolicySource(self.policy_file),
             self.host.clock,
             options=ControllerOptions(
-                resync_interval=RESYNC, progress_interval=PROGRESS, file_check_interval=3600
+                resync_interval=RESYNC,
+                progress_interval=PROGRESS,
+                file_check_interval=3600,
+                holds_check_interval=HOLDS_CHECK,  # 0.25 s: 4 wake-ups per simulated second
             ),
+            holds=self.holds,
         )
         self.run(0.0)
 
@@ -155,6 +170,46 @@ class ControllerMachine(RuleBasedStateMachine):
             self.host.complete_silently(key)
         self.run(PROGRESS + 1)  # found by the next progress refresh
 
+    @rule(key=KEYS)
+    def someone_aborts_a_pull_by_hand(self, key: DiskKey) -> None:
+        if self.host.connected and self.host.job(key) is not None:
+            self.host.abort(key)
+        self.run(0.1)
+
+    @rule(key=KEYS)
+    def someone_speeds_a_pull_up_by_hand(self, key: DiskKey) -> None:
+        if self.host.connected and self.host.job(key) is not None:
+            self.host.set_speed(key, 50 * MiB)
+        self.run(PROGRESS + 1)  # put back at the next progress refresh
+
+    @rule(glob=st.sampled_from(["web-*", "app-1", "*"]), minutes=st.sampled_from([1, 30]))
+    def an_operator_holds_domains(self, glob: str, minutes: int) -> None:
+        now = self.host.now()
+        hold = Hold(glob, now, now + minutes * 60, "snapshot", "ops")
+        self.holds.update(lambda kept: (*kept, hold), now)
+        self.run(HOLDS_CHECK + 0.1)  # in force at the next check
+
+    @rule()
+    def the_operator_releases_every_hold(self) -> None:
+        self.holds.update(lambda kept: (), self.host.now())
+        self.run(HOLDS_CHECK + 0.1)
+
+    @rule()
+    def a_guest_fills_the_file_system_below_min_free(self) -> None:
+        # At once below the floor: a fill that crossed it later, while pulls go on writing
+        # what they were admitted for, would be found at a refresh this rule cannot time.
+        size = self.host.file_system_free(IMAGES) - FLOOR // 2
+        if size > 0:
+            self.host.fill_file_system(IMAGES, size)
+            self.filled += size
+        self.run(PROGRESS + 1)  # the daemon's pulls there stop at the next progress refresh
+
+    @rule()
+    def the_guest_frees_what_it_wrote(self) -> None:
+        self.host.fill_file_system(IMAGES, -self.filled)
+        self.filled = 0
+        self.run(RESYNC + 1)  # no event says so: found at the next resync
+
     @rule()
     def the_connection_drops_for_a_while(self) -> None:
         self.host.drop_connection()
@@ -171,7 +226,7 @@ class ControllerMachine(RuleBasedStateMachine):
     @invariant()
     def invariants_hold(self) -> None:
         if hasattr(self, "controller") and self.host.connected:
-            assert_invariants(self.controller, self.host)
+            assert_invariants(self.controller, self.host, filled={IMAGES: self.filled})
 
     @invariant()
     def the_daemon_runs_one_pull_per_domain(self) -> None:
@@ -192,7 +247,10 @@ class ControllerMachine(RuleBasedStateMachine):
             shutil.rmtree(self.folder, ignore_errors=True)  # one folder per example
 
     def drains_to_done(self) -> None:
-        """Whatever happened, once the domains run and windows open every disk ends done."""
+        """Whatever happened, once the domains run, the guest's data and the holds are gone
+        and windows open, every disk ends done."""
+        self.the_guest_frees_what_it_wrote()
+        self.the_operator_releases_every_hold()
         for name in DOMAINS:
             if not self.host.domain_state(name).can_run_jobs:
                 self.host.start_domain(name, paused=True)

@@ -85,6 +85,11 @@ def test_metric_types_follow_the_design_table() -> None:
         "blockpull_reconcile_duration_seconds": "histogram",
         "blockpull_last_reconcile_success_timestamp_seconds": "gauge",
         "blockpull_build_info": "gauge",
+        "blockpull_hold_expiry_timestamp_seconds": "gauge",
+        "blockpull_filesystem_free_bytes": "gauge",
+        "blockpull_filesystem_size_bytes": "gauge",
+        "blockpull_filesystem_min_free_bytes": "gauge",
+        "blockpull_filesystem_reserved_bytes": "gauge",
     }
     assert found == expected
 

@@ -1,8 +1,10 @@
-"""plan() invariants on random hosts, policies, memories and times (hypothesis).
+"""plan() invariants on random hosts, policies, memories, holds and times (hypothesis).
 
 Each generated case is planned, the actions are applied one by one to the observation by a
 perfect host (`builders.apply`), and the invariants (`invariants.py`) are checked on the way and
-on the result. Rule selection is checked against a plain fnmatchcase oracle.
+on the result. Rule selection is checked against a plain fnmatchcase oracle. The guards too:
+no pull on a held domain, never two pulls in one domain (and none where a job runs), starts
+only in domains read in full, no file system taken below its min_free.
 """
 
 from __future__ import annotations
@@ -18,13 +20,28 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter.core import schedule
-from exporter.core.decisions import AbortPull, DiskState, Plan, StartPull
-from exporter.core.memory import Failures, Memory
-from exporter.core.model import BlockJob, Disk, DiskKey, Domain, DomainState, JobType, Observation
+from exporter.core.decisions import AbortPull, AbortReason, DiskState, Plan, StartPull
+from exporter.core.holds import NO_HOLDS, Hold, HoldSet
+from exporter.core.memory import Failures, Memory, TrackedJob
+from exporter.core.model import (
+    BlockJob,
+    ChainUsage,
+    Disk,
+    DiskKey,
+    Domain,
+    DomainState,
+    FileSystem,
+    Inspection,
+    JobType,
+    Observation,
+    Unmeasured,
+)
 from exporter.core.planner import backoff_delay, plan
+from exporter.core.space import still_to_write
 from exporter.policy.values import (
     Budget,
     Defaults,
+    MinFree,
     OutsideWindows,
     Policy,
     Retry,
@@ -49,8 +66,8 @@ WAITING = DiskState.WAITING_WINDOW  # failures are judged before windows
 jobs = st.builds(
     BlockJob,
     type=st.sampled_from(JobType),
-    cur=st.just(0),
-    end=st.just(100),
+    cur=st.sampled_from((0, 0, 40)),
+    end=st.sampled_from((100, 100, 0)),
     bandwidth=st.sampled_from(BANDWIDTHS),
 )
 pulls = jobs.map(lambda j: BlockJob(JobType.PULL, j.cur, j.end, j.bandwidth))
@@ -68,6 +85,7 @@ def disks(draw: st.DrawFn, target: str) -> Disk:
         readonly=draw(st.integers(0, 7)) == 0,
         transient=draw(st.integers(0, 7)) == 0,
         job=draw(maybe_job),
+        local_file=draw(st.booleans()),
     )
 
 
@@ -82,10 +100,41 @@ def domains(draw: st.DrawFn, name: str) -> Domain:
     )
 
 
+# The tops live in /top: one file system, with room for some of the pulls, or unmeasurable.
+TOP = "/top"
+SIZES = (0, 10, 40, 100)
+file_systems = st.sampled_from(
+    (
+        {TOP: FileSystem(TOP, 1000, 1000)},
+        {TOP: FileSystem(TOP, 1000, 300)},
+        {TOP: FileSystem(TOP, 1000, 150)},
+        {TOP: FileSystem(TOP, 1000, 50)},
+        {TOP: Unmeasured(TOP, "denied")},
+        {},
+    )
+)
+
+
 @st.composite
 def observations(draw: st.DrawFn) -> Observation:
     names = draw(st.lists(st.sampled_from(DOMAIN_NAMES), min_size=1, max_size=5, unique=True))
-    return Observation(tuple(draw(domains(n)) for n in names))
+    obs = Observation(tuple(draw(domains(n)) for n in names), draw(file_systems))
+    read: dict[str, Inspection] = {}
+    for dom in obs.domains:
+        if draw(st.sampled_from((True, True, False))):  # read in full, or not yet
+            seen = {d.target: d.job for d in dom.disks if d.job is not None}
+            if draw(st.integers(0, 4)) == 0:  # a job the sweep had not seen yet, or one gone
+                hidden = draw(jobs | pulls) if draw(st.booleans()) else None
+                target = draw(st.sampled_from([d.target for d in dom.disks]))
+                seen = {t: j for t, j in seen.items() if t != target}
+                seen.update({target: hidden} if hidden is not None else {})
+            usage = {
+                d.target: ChainUsage(100, tuple(draw(st.sampled_from(SIZES)) for _ in d.chain))
+                for d in dom.disks
+                if draw(st.integers(0, 5)) > 0
+            }
+            read[dom.name] = Inspection(seen, usage)
+    return obs.with_inspections(read)
 
 
 # Broad globs are drawn more often, so that most disks are selected by some rule.
@@ -151,6 +200,7 @@ def policies(draw: st.DrawFn) -> Policy:
                 backoff=draw(st.sampled_from((60.0, 60.0, 1.0, 0.0))),
                 max_backoff=draw(st.sampled_from((60.0, 3600.0))),
             ),
+            min_free=draw(st.sampled_from((MinFree(percent=10), MinFree(bytes=100), MinFree()))),
         ),
         windows=tuple(draw(windows(n)) for n in WINDOW_NAMES),
         rules=tuple(draw(rules(f"r{i}")) for i in range(count)) + draw(catch_all),
@@ -167,15 +217,34 @@ nows = st.datetimes(
 @st.composite
 def memories(draw: st.DrawFn, obs: Observation, now: datetime) -> Memory:
     failures: dict[DiskKey, Failures] = {}
+    interruptions: dict[DiskKey, Failures] = {}
+    tracked: dict[DiskKey, TrackedJob] = {}
     for key, (_, d) in sorted(obs.disks().items()):
-        if draw(st.booleans()):
-            failures[key] = Failures(
-                count=draw(st.sampled_from((1, 2, 1, 3, 5))),
-                last_failure_at=now.timestamp() - draw(st.sampled_from((0, 30, 0, 90, 7200))),
-                disk_fingerprint=draw(st.sampled_from((d.fingerprint, d.fingerprint, "stale"))),
-                policy_fingerprint=draw(st.sampled_from(("p1", "p1", "p2"))),
-            )
-    return Memory(failures=failures)
+        for records in (failures, interruptions):
+            if draw(st.booleans()):
+                records[key] = Failures(
+                    count=draw(st.sampled_from((1, 2, 1, 3, 5))),
+                    last_failure_at=now.timestamp() - draw(st.sampled_from((0, 30, 0, 90, 7200))),
+                    disk_fingerprint=draw(st.sampled_from((d.fingerprint, d.fingerprint, "x"))),
+                    policy_fingerprint=draw(st.sampled_from(("p1", "p1", "p2"))),
+                )
+        if d.job is not None and d.job.type is JobType.PULL and draw(st.booleans()):
+            growth = draw(st.sampled_from((None, 0, 30, 200)))
+            tracked[key] = TrackedJob(None, now.timestamp(), d.chain, growth)
+    return Memory(failures=failures, tracked=tracked, interruptions=interruptions)
+
+
+hold_globs = st.sampled_from(("web-*", "db-1", "*", "nothing"))
+
+
+@st.composite
+def hold_sets(draw: st.DrawFn, now: datetime) -> HoldSet:
+    ts = now.timestamp()
+    holds = [
+        Hold(draw(hold_globs), ts - 60, ts + draw(st.sampled_from((-1, 600))), "", "ops")
+        for _ in range(draw(st.sampled_from((0, 0, 1, 2))))
+    ]
+    return HoldSet(tuple(holds), error="unreadable" if draw(st.integers(0, 15)) == 0 else None)
 
 
 @dataclass(frozen=True)
@@ -184,12 +253,13 @@ class Case:
     policy: Policy
     now: datetime
     memory: Memory
+    holds: HoldSet = NO_HOLDS
 
 
 @st.composite
 def cases(draw: st.DrawFn) -> Case:
     obs, now = draw(observations()), draw(nows)
-    return Case(obs, draw(policies()), now, draw(memories(obs, now)))
+    return Case(obs, draw(policies()), now, draw(memories(obs, now)), draw(hold_sets(now)))
 
 
 # The shrunk counterexample of issue 18, run on every seed: domain "app" pulls sda under the
@@ -252,16 +322,23 @@ def oracle_rule(pol: Policy, dom: Domain, d: Disk) -> Rule | None:
 
 
 def waiting_on_failures(case: Case, key: DiskKey, d: Disk) -> bool:
-    f = case.memory.failures.get(key)
-    if f is None or (f.disk_fingerprint, f.policy_fingerprint) != (
-        d.fingerprint,
-        case.policy.fingerprint,
-    ):
-        return False
     retry = case.policy.defaults.retry
-    return f.count >= retry.max_attempts or (
-        case.now.timestamp() < f.last_failure_at + backoff_delay(retry, f.count)
-    )
+    for records, gives_up in ((case.memory.failures, True), (case.memory.interruptions, False)):
+        f = records.get(key)
+        if f is None or (f.disk_fingerprint, f.policy_fingerprint) != (
+            d.fingerprint,
+            case.policy.fingerprint,
+        ):
+            continue
+        if gives_up and f.count >= retry.max_attempts:
+            return True
+        if case.now.timestamp() < f.last_failure_at + backoff_delay(retry, f.count):
+            return True
+    return False
+
+
+def held(case: Case, domain: str) -> bool:
+    return case.holds.holding(domain, case.now.timestamp()) is not None
 
 
 def aggregate(obs: Observation, managed: set[DiskKey]) -> float:
@@ -286,7 +363,7 @@ def touched(result: Plan) -> set[DiskKey]:
 @example(ISSUE_18)
 def test_plan_invariants_hold_on_random_hosts(case: Case) -> None:
     pol, obs = case.policy, case.obs
-    result = plan(obs, pol, case.now, case.memory)
+    result = plan(obs, pol, case.now, case.memory, holds=case.holds)
     disks = obs.disks()
     budget = schedule.budget_at(pol, schedule.open_windows(pol, case.now))
     assert result.budget == budget
@@ -301,18 +378,29 @@ def test_plan_invariants_hold_on_random_hosts(case: Case) -> None:
         if d.job is None and waiting_on_failures(case, decision.key, d):
             assert decision.state not in (WAITING, DiskState.PENDING, DiskState.PULLING)
 
-    # Actions only on disks a pull rule selects, of running domains; starts only when allowed.
+    # Actions only on disks a pull rule selects, of running domains (or the daemon's own pull
+    # on a disk the policy no longer selects: aborted); starts only when allowed.
     by_key = {d.key: d for d in result.decisions}
     for action in result.actions:
         dom, d = disks[action.key]
         r = oracle_rule(pol, dom, d)
-        assert r is not None and r.action is RuleAction.PULL
         assert dom.state.can_run_jobs
+        if isinstance(action, AbortPull) and action.reason is AbortReason.DESELECTED:
+            assert action.key in case.memory.tracked
+            assert r is None or r.action is RuleAction.IGNORE
+            continue
+        assert r is not None and r.action is RuleAction.PULL
         if isinstance(action, StartPull):
             assert d.job is None
             assert schedule.rule_open(r, result.open_windows)
             assert not waiting_on_failures(case, action.key, d)
             assert by_key[action.key].state is DiskState.PULLING
+            assert not held(case, dom.name)
+            assert dom.name in obs.inspections  # read in full first
+            assert all(k.job is None for k in dom.disks)  # nothing else runs in the domain
+    starts = [a for a in result.actions if isinstance(a, StartPull)]
+    assert len({a.key.domain for a in starts}) == len(starts)  # one pull per domain
+    check_guards(case, result)
 
     # Applied one by one, each action lowers the aggregate or leaves it within the budget,
     # and a start always leaves it within the budget.
@@ -328,12 +416,42 @@ def test_plan_invariants_hold_on_random_hosts(case: Case) -> None:
     check_applied(case, result, state)
 
 
+def check_guards(case: Case, result: Plan) -> None:
+    """Holds, deselection and min_free, as decided on the observation."""
+    disks = case.obs.disks()
+    aborted = {a.key: a.reason for a in result.actions if isinstance(a, AbortPull)}
+    states = {d.key: d.state for d in result.decisions}
+    for key, (dom, d) in disks.items():
+        ours = key in case.memory.tracked and d.job is not None and d.job.type is JobType.PULL
+        r = oracle_rule(case.policy, dom, d)
+        if ours and dom.state.can_run_jobs and (r is None or r.action is RuleAction.IGNORE):
+            assert key in aborted  # deselected by the policy: the daemon's pull goes
+        if held(case, dom.name):  # no pull of the daemon's goes on, or starts, there
+            assert states[key] is not DiskState.PULLING
+            assert key in aborted or states[key] is not DiskState.HELD or not ours
+    min_free = case.policy.defaults.min_free
+    fs = case.obs.file_systems.get(TOP)
+    starts = [a for a in result.actions if isinstance(a, StartPull) and disks[a.key][1].local_file]
+    if not starts or min_free.off:
+        return
+    assert isinstance(fs, FileSystem)  # nothing starts where free space cannot be measured
+    assert all(a.growth is not None for a in starts)
+    running = sum(
+        still_to_write(d.job, t.growth if (t := case.memory.tracked.get(k)) else None)
+        for k, (_, d) in disks.items()
+        if d.local_file and d.job is not None and d.job.type is JobType.PULL and k not in aborted
+    )
+    assert sum(a.growth or 0 for a in starts) + running <= fs.free - min_free.floor(fs.size)
+
+
 def check_applied(case: Case, first: Plan, host: Observation) -> None:
     pol = case.policy
-    again = plan(host, pol, case.now, case.memory)
+    memory = remembered(case.memory, first, case.now)
+    again = plan(host, pol, case.now, memory, holds=case.holds)
     check_held_starts(first, again)
     host = apply(host, again.actions)
-    assert plan(host, pol, case.now, case.memory).actions == ()  # idempotent
+    memory = remembered(memory, again, case.now)
+    assert plan(host, pol, case.now, memory, holds=case.holds).actions == ()  # idempotent
 
     disks = host.disks()
     states = {d.key: d.state for d in again.decisions}
@@ -365,6 +483,17 @@ def check_applied(case: Case, first: Plan, host: Observation) -> None:
 
     aborted = {a.key for a in first.actions if isinstance(a, AbortPull)}
     assert all(disks[k][1].job is None for k in aborted)
+
+
+def remembered(memory: Memory, acted: Plan, now: datetime) -> Memory:
+    """What the controller remembers of a plan's actions: its pulls, and what they may write."""
+    for action in acted.actions:
+        if isinstance(action, StartPull):
+            job = TrackedJob(action.base, now.timestamp(), (), action.growth)
+            memory = memory.with_tracked(action.key, job)
+        elif isinstance(action, AbortPull):
+            memory = memory.without_tracked(action.key)
+    return memory
 
 
 def check_held_starts(first: Plan, again: Plan) -> None:

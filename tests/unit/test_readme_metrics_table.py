@@ -19,6 +19,9 @@ import pytest
 from harness.daemon_process import DaemonProcess, running_daemon_process
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter.core.holds import Hold
+from exporter.daemon.hold_store import HoldStore
+
 REPO = Path(__file__).resolve().parents[2]
 
 EXCLUDED_PREFIXES = ("process_",)  # the Python client's standard process metrics
@@ -99,6 +102,10 @@ def _complete(daemon: DaemonProcess) -> str | None:
 def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("metrics-table")
     uri = f"sim://{workdir / 'host.json'}"
+    # A hold on a domain the policy ignores: its series exist, the pulls go on.
+    now = time.time()
+    hold = Hold("db-1", now, now + 3600, "metrics table", "test")
+    HoldStore(workdir / "state").update(lambda kept: (*kept, hold), now)
     # The simulated host is this test's own: its policy may select any domain.
     with running_daemon_process(POLICY, uri, workdir, own_domains_only=False) as daemon:
         deadline = time.monotonic() + 30

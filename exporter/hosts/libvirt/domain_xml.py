@@ -37,6 +37,11 @@ class ParsedDisks:
         self._last[uuid] = (xml, disks)
         return disks
 
+    def last(self, uuid: str) -> tuple[DiskXml, ...] | None:
+        """The domain's disks as of its last XML, or None when never read."""
+        last = self._last.get(uuid)
+        return last[1] if last is not None else None
+
     def keep_only(self, uuids: set[str]) -> None:
         """Forget the domains that are gone (memory only: a stale entry is never used, its XML
         would have to be equal)."""
@@ -57,12 +62,15 @@ def parse_disks(xml: str) -> tuple[DiskXml, ...]:
         dev = target.get("dev") if target is not None else None
         if not dev:
             continue
+        source = element.find("source")
+        kind = element.get("type")
         disk = Disk(
             target=dev,
-            source=source_string(element.get("type"), element.find("source")),
+            source=source_string(kind, source),
             chain=_chain(element),
             readonly=element.find("readonly") is not None,
             transient=element.find("transient") is not None,
+            local_file=kind in ("file", None) and source is not None and bool(source.get("file")),
         )
         disks.append(DiskXml(disk, mirror=element.find("mirror") is not None))
     return tuple(disks)

@@ -5,14 +5,17 @@ domains, 2 disks each): `getAllDomainStats(STATE)` lists every domain with its s
 (0.006 ms/domain, against 0.04 ms for a `virDomainGetState` per domain); `XMLDesc(0)` per domain
 (0.07-0.13 ms; libvirtd answers from memory) gives disks, chains, readonly, transient and
 `<mirror>`; an XML equal to the domain's previous one is not parsed again (ParsedDisks).
-`blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: it runs for disks of
-running or paused domains that have a `<mirror>` or a job this host started or saw, and, once
-per `job_sweep_interval` (spread over the observes in between: job_sweep.py; all at
-once after every (re)connection), for every disk on a backing chain, which is how jobs started
-by others (`virsh blockpull`) are found. Until then such a job is also found when starting a
-pull on its disk fails with "busy". `getAllDomainStats(BLOCK, BACKING)` would give chains in one
-call but costs ~2.9 ms/domain (it asks every QEMU), names no network image and reports no block
-job: not used.
+`blockJobInfo` (0.06-0.17 ms/disk) is the cost that grows with the host: observe() runs it for
+disks of running or paused domains that have a `<mirror>` or a job this host started or saw.
+Jobs started by others (`virsh blockpull`) show in no event and no XML: `sweep_jobs()`, called
+by the controller every few seconds, reads the part of the chained disks that is due
+(job_sweep.py), so each is read once per `job_sweep_interval` (50 s: a foreign job counts
+within a minute) at a steady cost, outside the full reconcile. The first observe() after every
+(re)connection reads them all at once. Before a pull starts, `inspect()` reads every disk of its
+domain, and what its chain holds with one `domainListGetStats(BLOCK, BACKING)` for those
+domains only (block_stats.py). For every domain on every observe that call would cost ~2.9
+ms/domain (it asks every QEMU): not used there. observe() also measures the free space of the
+image directories (local_fs.py): one statvfs per file system.
 
 Bandwidth always travels in bytes/s (the *_BANDWIDTH_BYTES flags). libvirt's 0 = unlimited is
 None everywhere else in the daemon: converted here, once each way (`_to_libvirt`,
@@ -25,6 +28,9 @@ ConnectionEvent(up=False) and calls raise HostError(CONNECTION). The next call t
 reconnect (how often is the caller's choice: the controller backs off, on its injected clock),
 registers the event callbacks again and emits ConnectionEvent(up=True) so the controller
 resyncs. Nothing retries on its own: no thread sleeps or loops on reconnection.
+
+One module although over 500 lines: every call shares the one connection, its lock, the domain
+handles and the set of known jobs.
 """
 
 from __future__ import annotations
@@ -34,33 +40,40 @@ import dataclasses
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 import libvirt
 
-from exporter.core.host import EventSink
+from exporter.core.host import EventSink, Sweep
 from exporter.core.model import (
     BlockJob,
+    ChainUsage,
     ConnectionEvent,
     Disk,
     DiskKey,
     Domain,
     DomainState,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
+    Inspection,
     JobEvent,
     JobOutcome,
     JobType,
     LifecycleEvent,
     Observation,
+    Unmeasured,
 )
+from exporter.hosts.libvirt.block_stats import read_chain_usage
 from exporter.hosts.libvirt.domain_xml import ParsedDisks, normalise_target
 from exporter.hosts.libvirt.errors import host_error
 from exporter.hosts.libvirt.event_loop import EventLoop, shared_loop
 from exporter.hosts.libvirt.job_sweep import JobSweep
+from exporter.hosts.local_fs import LocalFileSystems
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +147,7 @@ class LibvirtHost:
         clock: Callable[[], float] = time.monotonic,
         keepalive: tuple[int, int] = (5, 3),
         loop: EventLoop | None = None,
-        job_sweep_interval: float = 300.0,
+        job_sweep_interval: float = 50.0,
     ) -> None:
         """Connects lazily, on the first call: a libvirtd that is down is a HostError later,
         not a failure to construct."""
@@ -152,7 +165,16 @@ class LibvirtHost:
         self._domains: dict[str, libvirt.virDomain] = {}  # handles from the last observe()
         self._known_jobs: set[DiskKey] = set()  # started here, or seen running
         self._parsed = ParsedDisks()  # used by the observing thread only
+        remote = (  # qemu+ssh://host/system: the images are not on this machine
+            f"the images are on the host of {uri}: their free space cannot be measured from "
+            "here (set min_free: 0 to pull without the guard)"
+            if urllib.parse.urlsplit(uri).hostname
+            else None
+        )
+        self._space = LocalFileSystems(remote)  # used by the observing thread only
         self._sweep = JobSweep(job_sweep_interval)  # the first observe() reads every one
+        self._sweep_in_observe = True  # until the first observe after a (re)connection
+        self._sweepable: list[tuple[int, libvirt.virDomain, DiskKey]] = []  # part, dom, disk
 
     # -- Host protocol ------------------------------------------------------------------------
 
@@ -166,19 +188,45 @@ class LibvirtHost:
         handles: dict[str, libvirt.virDomain] = {}
         now = self._clock()
         with self._lock:
-            sweep = self._sweep.due(now)
+            sweep = self._sweep.due(now) if self._sweep_in_observe else frozenset()
+            self._sweep_in_observe = False
             known = frozenset(self._known_jobs)  # one lock per observe, not one per disk
+        sweepable: list[tuple[int, libvirt.virDomain, DiskKey]] = []
         for dom, values in stats:
             state = _STATES.get(values.get("state.state"), DomainState.OTHER)
             domain = self._domain(dom, state, sweep, known)
             if domain is not None:
                 domains.append(domain)
                 handles[domain.name] = dom
+                if state.can_run_jobs:
+                    part = self._sweep.part(domain.uuid)
+                    sweepable += [
+                        (part, dom, DiskKey(domain.name, d.target)) for d in domain.disks if d.chain
+                    ]
         self._parsed.keep_only({d.uuid for d in domains})
         domains = self._states_after(conn, domains)
         with self._lock:
             self._domains = handles
-        return Observation(tuple(domains))
+            self._sweepable = sweepable
+        return Observation(tuple(domains), self._space.of_domains(domains))
+
+    def sweep_jobs(self) -> Sweep:
+        """Read the due part of the chained disks' jobs (as of the last observe)."""
+        with self._lock:
+            now = self._clock()
+            due = self._sweep.due(now)
+            next_in = max(0.0, self._sweep.next_due() - now)
+            known = frozenset(self._known_jobs)
+            wanted = [(dom, key) for part, dom, key in self._sweepable if part in due]
+        found = False
+        for dom, key in wanted:
+            if key in known:
+                continue
+            try:
+                found |= self._job_info(dom, key) is not None
+            except HostError as error:
+                self._unread(error, key)
+        return Sweep(found, next_in)
 
     def _states_after(self, conn: libvirt.virConnect, domains: list[Domain]) -> list[Domain]:
         """The domains with their state read again, after their XML.
@@ -210,12 +258,65 @@ class LibvirtHost:
             try:
                 result[key] = self._job_info(self._handle(conn, key.domain), key)
             except HostError as error:
-                if error.reason is ErrorReason.CONNECTION:
-                    raise
-                if error.reason not in _GONE:
-                    log.warning("cannot read the block job of %s: %s", key, error)
+                self._unread(error, key)
                 result[key] = None
         return result
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        return self._space.measure(directories)
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        """Every disk's blockJobInfo, and one domainListGetStats(BLOCK, BACKING) for all the
+        domains together (block_stats.py). A domain whose jobs cannot all be read is left out:
+        no pull starts where a job might run unseen."""
+        conn = self._connection()
+        handles: dict[str, libvirt.virDomain] = {}
+        for name in domains:
+            try:
+                handles[name] = self._handle(conn, name)
+            except HostError as error:
+                if error.reason is ErrorReason.CONNECTION:
+                    raise
+        usage = self._chain_usage(conn, handles)
+        found: dict[str, Inspection] = {}
+        for name, dom in handles.items():
+            jobs = self._all_jobs(name, dom)
+            if jobs is not None:
+                found[name] = Inspection(jobs, usage.get(name, {}))
+        return found
+
+    def _all_jobs(self, name: str, dom: libvirt.virDomain) -> dict[str, BlockJob] | None:
+        parsed = self._parsed.last(dom.UUIDString())
+        if parsed is None:
+            return None
+        jobs: dict[str, BlockJob] = {}
+        for item in parsed:
+            key = DiskKey(name, item.disk.target)
+            try:
+                job = self._job_info(dom, key)
+            except HostError as error:
+                self._unread(error, key)
+                if error.reason is ErrorReason.NO_JOB:
+                    continue
+                return None  # a job might run there unseen: no start in this domain
+            if job is not None:
+                jobs[key.disk] = job
+        return jobs
+
+    def _chain_usage(
+        self, conn: libvirt.virConnect, handles: Mapping[str, libvirt.virDomain]
+    ) -> dict[str, dict[str, ChainUsage]]:
+        def disks_of(dom: libvirt.virDomain) -> tuple[Disk, ...]:
+            return tuple(item.disk for item in self._parsed.last(dom.UUIDString()) or ())
+
+        try:
+            return read_chain_usage(conn, handles, disks_of)
+        except libvirt.libvirtError as error:
+            failure = self._failed(error)
+            if failure.reason is ErrorReason.CONNECTION:
+                raise failure from error
+            log.warning("cannot read the block stats of %s: %s", ", ".join(handles), failure)
+            return {}
 
     def start_pull(self, key: DiskKey, base: str | None, bandwidth: int | None) -> None:
         dom = self._handle(self._connection(), key.domain)
@@ -299,14 +400,19 @@ class LibvirtHost:
         try:
             job = self._job_info(dom, key)
         except HostError as error:
-            if error.reason is ErrorReason.CONNECTION:
-                raise
-            if error.reason not in _GONE:
-                log.warning("cannot read the block job of %s: %s", key, error)
+            self._unread(error, key)
             return disk
         if job is None:
             return disk
-        return Disk(disk.target, disk.source, disk.chain, disk.readonly, disk.transient, job)
+        return dataclasses.replace(disk, job=job)
+
+    def _unread(self, error: HostError, key: DiskKey) -> None:
+        """A job read failed: a lost connection goes on up; anything but a domain, disk or job
+        that is gone is logged. The caller decides what an unread job means."""
+        if error.reason is ErrorReason.CONNECTION:
+            raise error
+        if error.reason not in _GONE:
+            log.warning("cannot read the block job of %s: %s", key, error)
 
     def _job_info(self, dom: libvirt.virDomain, key: DiskKey) -> BlockJob | None:
         flags = libvirt.VIR_DOMAIN_BLOCK_JOB_INFO_BANDWIDTH_BYTES
@@ -381,6 +487,7 @@ class LibvirtHost:
             self._session = session
             self._domains = {}
             self._sweep.restart()  # jobs may have started or ended while disconnected
+            self._sweep_in_observe = True
         if reconnected:
             self._emit(ConnectionEvent(up=True, reason="reconnected"))
         return session.conn

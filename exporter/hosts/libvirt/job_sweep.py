@@ -5,8 +5,9 @@ LibvirtHost reads blockJobInfo for every disk on a backing chain once per sweep 
 Read all at once, those reads cost more than the rest of a full reconcile on a big host
 (bench/RESULTS.md). So the sweep is cut into parts by a hash of the domain's UUID: after a full
 sweep (the first observe, and the first after every reconnection) part k falls due (k + 1)
-parts' worth of the interval later, then once per interval, and each observe reads the parts
-that are due: with a full reconcile every 30 s and a 300 s sweep, about a tenth of the disks.
+parts' worth of the interval later, then once per interval; the controller calls
+`LibvirtHost.sweep_jobs` when the next part is due (`next_due`): with a 50 s sweep, a tenth
+of the disks every 5 s, and every disk within a minute.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class JobSweep:
             share = (part + 1) / self._parts if full else 1.0  # spread the next ones out
             self._due[part] = now + self._interval * share
         return due
+
+    def next_due(self) -> float:
+        """When the next part falls due."""
+        return min(self._due)
 
     def part(self, uuid: str) -> int:
         """Stable across observes, restarts and renames."""

@@ -16,15 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.core.clock import Clock
-from exporter.core.host import EventSink
+from exporter.core.host import EventSink, Sweep
 from exporter.core.model import (
     BlockJob,
+    ChainUsage,
     DiskKey,
     ErrorReason,
+    FileSystem,
     HostError,
+    Inspection,
     JobOutcome,
     JobType,
     Observation,
+    Unmeasured,
 )
 from exporter.hosts.sim import state
 from exporter.hosts.sim.records import DiskRecord, DomainRecord, GiB, JobRecord, job_rate
@@ -34,6 +38,9 @@ CALL_KINDS: tuple[str, ...] = (
     "observe",
     "refresh_jobs",
     "refresh_jobs_keys",  # disks named in refresh_jobs calls
+    "inspect",
+    "sweep_jobs",
+    "file_systems",
     "start_pull",
     "set_speed",
     "abort",
@@ -90,12 +97,40 @@ class SimulatedHost(SimWorld):
             self._calls["domains_listed"] += len(domains)
             self._calls["xml_reads"] += len(domains)
             self._calls["job_info_reads"] += jobs
+            file_systems = self._file_systems_locked()
         self._pause(
             self._latency.call
             + len(domains) * self._latency.domain_xml
             + jobs * (self._latency.job_info)
         )
-        return Observation(domains)
+        return Observation(domains, dict(file_systems))
+
+    def sweep_jobs(self) -> Sweep:
+        """observe() shows every job at once here: no sweep is ever needed."""
+        with self._op(mutating=False, call="sweep_jobs"):
+            return Sweep(found=False, next_in=None)
+
+    def file_systems(self, directories: Iterable[str]) -> Mapping[str, FileSystem | Unmeasured]:
+        with self._op(mutating=False, call="file_systems"):
+            found = self._file_systems_locked()
+            return {d: found.get(d) or Unmeasured(d, "not simulated") for d in directories}
+
+    def inspect(self, domains: Iterable[str]) -> Mapping[str, Inspection]:
+        wanted = list(domains)
+        with self._op(mutating=False, call="inspect"):
+            found: dict[str, Inspection] = {}
+            for name in wanted:
+                domain = self._domains.get(name)
+                if domain is None:
+                    continue
+                disks = domain.disks
+                found[name] = Inspection(
+                    {t: d.job.view(self._now) for t, d in disks.items() if d.job is not None},
+                    {t: ChainUsage(d.capacity, d.sizes, d.copied) for t, d in disks.items()},
+                )
+                self._calls["job_info_reads"] += len(disks)
+        self._pause(self._latency.call + len(wanted) * self._latency.domain_xml)
+        return found
 
     def refresh_jobs(self, keys: Iterable[DiskKey]) -> Mapping[DiskKey, BlockJob | None]:
         wanted = list(keys)

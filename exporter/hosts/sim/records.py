@@ -7,7 +7,8 @@ immutable `exporter.core.model` views, cached while nothing changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import posixpath
+from dataclasses import dataclass, replace
 
 from exporter.core.model import (
     BlockJob,
@@ -16,6 +17,7 @@ from exporter.core.model import (
     Domain,
     DomainState,
     ErrorReason,
+    FileSystem,
     HostError,
     JobType,
 )
@@ -100,6 +102,16 @@ class DiskRecord:
     copied: int = 0  # bytes of the backing data already in the overlay (from interrupted pulls)
     job: JobRecord | None = None
     value: Disk | None = None  # cached view without job
+    local_file: bool = False  # its directory is on a simulated file system (FileSystemRecord)
+
+    @property
+    def directory(self) -> str | None:
+        return posixpath.dirname(self.source) if self.source else None
+
+    @property
+    def capacity(self) -> int:
+        """The virtual size: room for all its backing data, at least 1 GiB."""
+        return max(sum(self.sizes), GiB)
 
     @classmethod
     def of(cls, spec: SimDisk) -> DiskRecord:
@@ -109,15 +121,21 @@ class DiskRecord:
 
     def view(self) -> Disk:
         if self.value is None:
-            self.value = Disk(self.target, self.source, self.chain, self.readonly, self.transient)
+            self.value = Disk(
+                self.target,
+                self.source,
+                self.chain,
+                self.readonly,
+                self.transient,
+                local_file=self.local_file,
+            )
         return self.value
 
     def view_at(self, now: float) -> Disk:
         """The disk with its job's progress at `now`."""
         if self.job is None:
             return self.view()
-        view, job = self.view(), self.job.view(now)
-        return Disk(view.target, view.source, view.chain, view.readonly, view.transient, job)
+        return replace(self.view(), job=self.job.view(now))
 
     def cut(self, base: str | None) -> int:
         """How many chain images a pull down to `base` removes."""
@@ -158,6 +176,21 @@ class DomainRecord:
 
 
 @dataclass
+class FileSystemRecord:
+    """A simulated file system holding the images of one directory. Pulls into its disks use
+    its space as they copy; `fill` stands for everything else that writes there."""
+
+    directory: str
+    size: int
+    free: float  # bytes free, less what pulls copied by the last time they ended or were read
+
+    def view(self, copying: float) -> FileSystem:
+        """As statvfs would see it while running pulls have copied `copying` more bytes."""
+        free = max(0, min(self.size, int(self.free - copying)))
+        return FileSystem(mountpoint=self.directory, size=self.size, free=free)
+
+
+@dataclass
 class WorldParts:
     """Every record of a world at `now`, as `exporter.hosts.sim.state` writes and reads them.
 
@@ -171,3 +204,4 @@ class WorldParts:
     domains: list[DomainRecord]  # disks' `job` is not written: installing attaches `jobs`
     jobs: list[JobRecord]
     fail_next: dict[DiskKey, HostError]  # the next start_pull of the disk raises this
+    file_systems: list[FileSystemRecord]

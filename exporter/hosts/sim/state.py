@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from exporter.core.model import DiskKey, DomainState, ErrorReason, HostError, JobType
-from exporter.hosts.sim.records import DomainRecord, JobRecord, SimDisk, WorldParts, job_rate
+from exporter.hosts.sim.records import (
+    DomainRecord,
+    FileSystemRecord,
+    JobRecord,
+    SimDisk,
+    WorldParts,
+    job_rate,
+)
 
 STATE_VERSION = 1
 
@@ -62,6 +69,9 @@ def encode(parts: WorldParts) -> dict[str, Any]:
         "fail_next_start": [
             {"domain": k.domain, "disk": k.disk, "reason": e.reason.value, "message": e.message}
             for k, e in parts.fail_next.items()
+        ],
+        "file_systems": [
+            {"directory": f.directory, "size": f.size, "free": f.free} for f in parts.file_systems
         ],
     }
 
@@ -117,6 +127,10 @@ def decode(state: Mapping[str, Any]) -> WorldParts:
         domains=domains,
         jobs=jobs,
         fail_next=fail_next,
+        file_systems=[  # absent from files written before file systems were simulated
+            FileSystemRecord(str(f["directory"]), int(f["size"]), float(f["free"]))
+            for f in state.get("file_systems", [])
+        ],
     )
 
 

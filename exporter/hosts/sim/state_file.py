@@ -62,12 +62,14 @@ def open_sim_host(uri: str, clock: Clock) -> SimFileHost:
 
 
 def demo_host(now: float) -> SimulatedHost:
-    """Six running domains on template-backed overlays, as the example policies expect.
+    """Six running domains on template-backed overlays, as the example policies expect; the
+    overlays' folder is a 100 GiB file system with 60 GiB free (the min_free guard applies).
 
     web-1..4: vda -> web-app-3 (1 GiB) -> os-base-12 (2 GiB).
     db-1..2:  vda -> db-2 (2 GiB) -> os-base-12 (2 GiB), and an independent data disk vdb.
     """
     host = SimulatedHost(start=now, device_speed=DEMO_DEVICE_SPEED)
+    host.add_file_system(IMAGES, size=100 * GiB, free=60 * GiB)
     base = f"{TEMPLATES}/os-base-12.qcow2"
     for n in range(1, 5):
         chain = (f"{TEMPLATES}/web-app-3.qcow2", base)

@@ -41,6 +41,7 @@ from exporter.core.model import (
     DiskKey,
     DomainState,
     ErrorReason,
+    FileSystem,
     HostError,
     HostEvent,
     JobEvent,
@@ -51,6 +52,7 @@ from exporter.core.model import (
 from exporter.hosts.sim.records import (
     DiskRecord,
     DomainRecord,
+    FileSystemRecord,
     GiB,
     JobRecord,
     SimDisk,
@@ -125,6 +127,7 @@ class SimWorld:
         self._connected = True
         self._fail_next: dict[DiskKey, HostError] = {}
         self._copied_total = 0.0  # bytes copied by jobs that have ended
+        self._file_systems: dict[str, FileSystemRecord] = {}  # by the image directory
 
     # -- time -------------------------------------------------------------------------------
 
@@ -199,7 +202,8 @@ class SimWorld:
                 name, uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, name)), state, {}
             )
             for disk in disks:
-                domain.add_disk(disk)
+                record = domain.add_disk(disk)
+                record.local_file = record.directory in self._file_systems
             self._domains[name] = domain
             self._emit(LifecycleEvent(name, "defined"))
             if state.can_run_jobs:
@@ -226,6 +230,20 @@ class SimWorld:
             disk.chain, disk.sizes, disk.source = spec.chain, spec.sizes(), spec.source
             disk.copied = 0
             disk.value = domain.value = None
+
+    def add_file_system(self, directory: str, size: int, free: int) -> None:
+        """The images in `directory` (and only there) live on a file system of `size` bytes
+        with `free` bytes free: their disks become local files, under the min_free guard."""
+        if not 0 <= free <= size:
+            raise ValueError("a file system has 0 <= free <= size bytes")
+        with self._op(mutating=True):
+            self._file_systems[directory] = FileSystemRecord(directory, size, float(free))
+            self._mark_local_files_locked()
+
+    def fill_file_system(self, directory: str, size: int) -> None:
+        """Something else writes `size` bytes there (a negative size frees them)."""
+        with self._op(mutating=True):
+            self._file_systems[directory].free -= size
 
     def set_device_speed(self, bytes_per_second: int) -> None:
         if bytes_per_second <= 0:
@@ -378,6 +396,10 @@ class SimWorld:
         with self._op(mutating=False):
             return self._disk_locked(key)[1].copied
 
+    def file_system_free(self, directory: str) -> int:
+        with self._op(mutating=False):
+            return self._file_systems_locked()[directory].free
+
     def bytes_copied_total(self) -> int:
         """Bytes all jobs have really copied so far (skipped clusters do not count)."""
         with self._op(mutating=False):
@@ -405,6 +427,7 @@ class SimWorld:
             domains=list(self._domains.values()),
             jobs=list(self._jobs.values()),
             fail_next=dict(self._fail_next),
+            file_systems=list(self._file_systems.values()),
         )
 
     def _install_locked(self, parts: WorldParts) -> None:
@@ -416,11 +439,31 @@ class SimWorld:
         self._copied_total = parts.copied_total
         self._fail_next = dict(parts.fail_next)
         self._domains = {domain.name: domain for domain in parts.domains}
+        self._file_systems = {fs.directory: fs for fs in parts.file_systems}
+        self._mark_local_files_locked()
         for job in parts.jobs:
             domain, disk = self._disk_locked(job.key)
             self._attach_job_locked(domain, disk, job)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _mark_local_files_locked(self) -> None:
+        for domain in self._domains.values():
+            for disk in domain.disks.values():
+                local = disk.directory in self._file_systems
+                if disk.local_file != local:
+                    disk.local_file, disk.value, domain.value = local, None, None
+
+    def _file_systems_locked(self) -> dict[str, FileSystem]:
+        """Each simulated file system as statvfs would see it now, by directory."""
+        copying: dict[str, float] = {}
+        for job in self._jobs.values():
+            directory = self._domains[job.key.domain].disks[job.key.disk].directory
+            if job.type is JobType.PULL and directory in self._file_systems:
+                copying[directory] = (
+                    copying.get(directory, 0.0) + job.done_at(self._now) - job.skipped
+                )
+        return {d: fs.view(copying.get(d, 0.0)) for d, fs in self._file_systems.items()}
 
     @contextmanager
     def _op(self, *, mutating: bool, call: str | None = None) -> Iterator[None]:
@@ -549,6 +592,9 @@ class SimWorld:
         self._copied_total += done - job.skipped
         domain = self._domains[job.key.domain]
         disk = domain.disks[job.key.disk]
+        on = self._file_systems.get(disk.directory or "")
+        if on is not None and job.type is JobType.PULL:  # what it copied stays written
+            on.free -= done - job.skipped
         disk.job = None
         domain.jobs -= 1
         domain.value = None
