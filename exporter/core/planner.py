@@ -372,20 +372,13 @@ def _reserve_running(ctx: _Context, triaged: list[_Triage]) -> None:
 
 
 def _split_by_groups(
-    items: list[_Triage], ledger: GroupLedger, starting: bool
-) -> tuple[list[_Triage], list[tuple[_Triage, str]]]:
-    """Items (in order) whose groups all have a slot for them, and the others with why not."""
+    items: list[_Triage], ledger: GroupLedger
+) -> tuple[list[_Triage], list[_Triage]]:
+    """Running pulls (best first) whose groups all keep a slot for them, and the others."""
     fits: list[_Triage] = []
-    refused: list[tuple[_Triage, str]] = []
+    refused: list[_Triage] = []
     for item in items:
-        if not item.groups:
-            fits.append(item)
-            continue
-        why = ledger.refusal(item.groups) if starting else ""
-        if ledger.start(item.groups) if starting else ledger.keep(item.groups):
-            fits.append(item)
-        else:
-            refused.append((item, why))
+        (fits if ledger.keep(item.groups) else refused).append(item)
     return fits, refused
 
 
@@ -427,23 +420,15 @@ def plan(
 
     foreign = [t.job.bandwidth for t in triaged if t.role is _Role.FOREIGN and t.job is not None]
     all_managed = sorted((t for t in triaged if t.role is _Role.MANAGED), key=lambda t: t.order)
-    all_candidates = sorted(
-        (t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order
-    )
+    candidates = sorted((t for t in triaged if t.role is _Role.CANDIDATE), key=lambda t: t.order)
     unsaved: list[_Triage] = []
     if not state_saved:
-        unsaved, all_candidates = all_candidates, []
+        unsaved, candidates = candidates, []
     busy, freed = busy_domains(
         (t.key.domain, t.job, t.role is _Role.ABORT) for t in triaged if t.job is not None
     )
     ledger = GroupLedger(allowances or {})
-    managed, group_over = _split_by_groups(all_managed, ledger, starting=False)
-    # A candidate whose domain a job keeps busy cannot start: it takes no group slot.
-    candidates, group_waiting = _split_by_groups(
-        [t for t in all_candidates if t.key.domain not in busy], ledger, starting=True
-    )
-    candidates += [t for t in all_candidates if t.key.domain in busy]  # choose_starts says why
-    candidates.sort(key=lambda t: t.order)
+    managed, group_over = _split_by_groups(all_managed, ledger)
     alloc = allocate(budget, foreign, len(managed), len(candidates))
     chosen = choose_starts(
         candidates,
@@ -452,6 +437,7 @@ def plan(
         alloc.start,
         observation,
         space,
+        ledger,
         _pending_reason(budget, alloc),
     )
     kept, over = managed[: alloc.keep], managed[alloc.keep :]
@@ -475,7 +461,7 @@ def plan(
         else:
             why = "pull aborted: the bandwidth budget left cannot give it 1 byte/s"
         decided[item.key] = item.decided(state, why)
-    for item, _ in group_over:
+    for item in group_over:
         abort, decision = _group_abort(item, ledger)
         aborts.append(abort)
         decided[item.key] = decision
@@ -501,10 +487,8 @@ def plan(
     for item in unsaved:
         why = "waiting: the state cannot be saved, so a restart could not adopt a new pull"
         decided[item.key] = item.decided(DiskState.PENDING, why)
-    for item, why in group_waiting:
-        decided[item.key] = item.decided(DiskState.PENDING, why)
     running = (*kept, *(s.candidate for s in chosen.started))
-    waiting = (*(w.candidate for w in chosen.waiting), *(w for w, _ in group_waiting))
+    waiting = (w.candidate for w in chosen.waiting if w.for_slot)
     uses = group_uses(
         policy.shared,
         ((t.groups, ledger.limit(t.groups, share)) for t in running if t.groups),

@@ -13,7 +13,12 @@ Candidates go in order (priority desc, domain, disk) while the budget has slots:
    somebody else started on another of its disks, and only this read says how much the pull
    will write. A candidate without one takes its slot and asks for it (`Starts.inspect`); the
    controller reads those domains and plans again, so the pull starts in the same reconcile.
-4. With its growth known, it starts only if its file system keeps `min_free` free after it and
+4. Shared groups (`exporter.core.shared`): a group candidate also takes a slot of each of its
+   groups, as this host's allowance grants; without one it waits and the next candidate may
+   take the host slot. Only a candidate that gets this far takes group slots, and one that
+   then waits for space gives them back: a group slot is never held by a pull that does not
+   start (or is not about to, after the read of its domain).
+5. With its growth known, it starts only if its file system keeps `min_free` free after it and
    after the pulls running or starting there; otherwise it waits (WAITING_SPACE) and the next
    candidate may take the slot.
 """
@@ -34,6 +39,7 @@ from exporter.core.model import (
     Observation,
     Unmeasured,
 )
+from exporter.core.shared import GroupLedger
 from exporter.core.space import SpaceLedger
 from exporter.policy.units import format_size
 
@@ -47,6 +53,8 @@ class Candidate(Protocol):
     def disk(self) -> Disk: ...
     @property
     def base(self) -> str | None: ...  # keep_base image, None for a full pull
+    @property
+    def groups(self) -> tuple[str, ...]: ...  # shared groups it is in
 
 
 C = TypeVar("C", bound=Candidate)
@@ -57,6 +65,7 @@ class Waiting(Generic[C]):
     candidate: C
     state: DiskState
     reason: str
+    for_slot: bool = False  # it would start with a free slot (the host's or a group's)
 
 
 @dataclass(frozen=True)
@@ -119,11 +128,13 @@ def choose_starts(
     slots: int,
     observation: Observation,
     space: SpaceLedger,
+    groups: GroupLedger,
     no_slot: str,
 ) -> Starts[C]:
     """`candidates` best first; `busy` names each domain that runs a job, and why it waits;
     `freed` the domains whose every job this plan aborts; `slots` is how many may start;
-    `no_slot` the reason for those beyond them."""
+    `groups` the shared groups' slots, running pulls' already taken; `no_slot` the reason for
+    those beyond the host's slots."""
     taken = dict(busy)
     started: list[Start[C]] = []
     held: list[Start[C]] = []
@@ -135,12 +146,16 @@ def choose_starts(
             waiting.append(Waiting(item, DiskState.PENDING, taken[domain]))
             continue
         if slots <= 0:
-            waiting.append(Waiting(item, DiskState.PENDING, no_slot))
+            waiting.append(Waiting(item, DiskState.PENDING, no_slot, for_slot=True))
             continue
         fs = space.file_system(item.disk)
         short = _no_room(space, fs)
         if short is not None:
             waiting.append(Waiting(item, DiskState.WAITING_SPACE, short))
+            continue
+        refusal = groups.refusal(item.groups)
+        if not groups.start(item.groups):
+            waiting.append(Waiting(item, DiskState.PENDING, refusal, for_slot=True))
             continue
         inspection = observation.inspections.get(domain)
         if inspection is None:
@@ -153,11 +168,13 @@ def choose_starts(
         if isinstance(fs, FileSystem):
             usage = inspection.usage.get(item.disk.target)
             if usage is None:
+                groups.release(item.groups)
                 why = "waiting: libvirt did not say how much its backing images hold"
                 waiting.append(Waiting(item, DiskState.WAITING_SPACE, why))
                 continue
             growth = usage.growth(item.disk.chain, item.base)
             if growth > space.spare(fs):
+                groups.release(item.groups)
                 waiting.append(Waiting(item, DiskState.WAITING_SPACE, _too_big(space, fs, growth)))
                 continue
             space.reserve(fs, growth)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from builders import MiB, apply, at, disk, domain, job, key, observation, policy
+from builders import IMAGES, MiB, apply, at, disk, domain, inspected, job, key, observation, policy
 
 from exporter.core.decisions import AbortPull, AbortReason, DiskState, SetSpeed, StartPull
 from exporter.core.memory import Memory
+from exporter.core.model import ChainUsage, FileSystem
 from exporter.core.planner import plan
 from exporter.core.shared import GroupAllowance, GroupUse
 from exporter.policy.values import Policy, SharedGroup
@@ -125,3 +126,17 @@ def test_planning_again_after_applying_a_group_plan_does_nothing() -> None:
         allowances=allowances,
     )
     assert again.actions == ()
+
+
+def test_a_group_candidate_waiting_for_space_leaves_its_group_slot_to_the_next_one() -> None:
+    # Both overlays are in the group through its template; a's overlay lives on a full disk.
+    a = domain("a", disk(chain=(FILER,), source="/small/a.qcow2", local_file=True))
+    b = domain("b", disk(chain=(FILER,), local_file=True))
+    obs = observation(a, b)
+    small = FileSystem("/small", size=1024 * MiB, free=10 * MiB)
+    big = FileSystem(IMAGES, size=100_000 * MiB, free=50_000 * MiB)
+    usage = {k: ChainUsage(1024 * MiB, (100 * MiB,)) for k in obs.disks()}
+    obs = inspected(replace(obs, file_systems={"/small": small, IMAGES: big}), usage)
+    result = plan(obs, shared_policy(max_concurrent=2), NOON, Memory(), allowances=grant(1))
+    assert starts(result.actions) == [key("b")]
+    assert result.decisions[0].state is DiskState.WAITING_SPACE
