@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
@@ -137,6 +137,9 @@ class Observation:
     # running or paused) -> their file system, measured with this observation.
     file_systems: Mapping[str, FileSystem | Unmeasured] = field(default_factory=dict)
     inspections: Mapping[str, Inspection] = field(default_factory=dict)  # by domain name
+    # Domains asked for a full read that libvirt could not give (a job unreadable): no pull
+    # starts there until a later observation reads them.
+    unread: frozenset[str] = frozenset()
 
     @cached_property
     def _disk_index(self) -> dict[DiskKey, tuple[Domain, Disk]]:
@@ -147,14 +150,19 @@ class Observation:
         reader (settle, adopt, act, snapshot), so it is read-only."""
         return self._disk_index
 
-    def with_inspections(self, found: Mapping[str, Inspection]) -> Observation:
-        """The same observation with these domains' jobs as their inspection read them."""
+    def with_inspections(
+        self, found: Mapping[str, Inspection], asked: Iterable[str] = ()
+    ) -> Observation:
+        """The same observation with these domains' jobs as their inspection read them; those
+        `asked` but not `found` are `unread`."""
+        unread = self.unread | (frozenset(asked) - found.keys())
         if not found:
-            return self
+            return replace(self, unread=unread) if unread != self.unread else self
         domains = tuple(
             d.with_jobs(found[d.name].jobs) if d.name in found else d for d in self.domains
         )
-        return replace(self, domains=domains, inspections={**self.inspections, **found})
+        inspections = {**self.inspections, **found}
+        return replace(self, domains=domains, inspections=inspections, unread=unread)
 
 
 class JobOutcome(StrEnum):

@@ -9,15 +9,16 @@ Candidates go in order (priority desc, domain, disk) while the budget has slots:
    free space, and the next plan, on a host that shows the abort done, starts it.
 2. Free space (`exporter.core.space`): with the guard on, a candidate whose file system cannot
    be measured, or has nothing to spare even before its own growth, waits (WAITING_SPACE).
-3. A full read of its domain (`Observation.inspections`): the sweep may not have seen a job
-   somebody else started on another of its disks, and only this read says how much the pull
-   will write. A candidate without one takes its slot and asks for it (`Starts.inspect`); the
-   controller reads those domains and plans again, so the pull starts in the same reconcile.
-4. Shared groups (`exporter.core.shared`): a group candidate also takes a slot of each of its
+3. Shared groups (`exporter.core.shared`): a group candidate also takes a slot of each of its
    groups, as this host's allowance grants; without one it waits and the next candidate may
    take the host slot. Only a candidate that gets this far takes group slots, and one that
    then waits for space gives them back: a group slot is never held by a pull that does not
    start (or is not about to, after the read of its domain).
+4. A full read of its domain (`Observation.inspections`): the sweep may not have seen a job
+   somebody else started on another of its disks, and only this read says how much the pull
+   will write. A candidate without one takes its slot and asks for it (`Starts.inspect`); the
+   controller reads those domains and plans again, so the pull starts in the same reconcile.
+   One whose domain libvirt could not read (`Observation.unread`) waits without a slot.
 5. With its growth known, it starts only if its file system keeps `min_free` free after it and
    after the pulls running or starting there; otherwise it waits (WAITING_SPACE) and the next
    candidate may take the slot.
@@ -83,6 +84,10 @@ class Starts(Generic[C]):
 
 
 CHECKING = "reading every disk of its domain before starting (one pull per domain)"
+UNREAD = (
+    "waiting: libvirt could not read the block jobs of every disk of its domain; "
+    "read again at the next resync"
+)
 
 
 def busy_domains(
@@ -158,6 +163,10 @@ def choose_starts(
             waiting.append(Waiting(item, DiskState.PENDING, refusal, for_slot=True))
             continue
         inspection = observation.inspections.get(domain)
+        if inspection is None and domain in observation.unread:
+            groups.release(item.groups)
+            waiting.append(Waiting(item, DiskState.PENDING, UNREAD))
+            continue
         if inspection is None:
             inspect.add(domain)
             waiting.append(Waiting(item, DiskState.PENDING, CHECKING))

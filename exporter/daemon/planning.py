@@ -4,8 +4,11 @@
 The planner stays pure: it names the domains it needs read (every disk's job, each chain's
 usage) and this loop, the only I/O between plans, reads them. Each round reads at least one
 domain more; after MAX_ROUNDS, candidates still unread wait for the next reconcile (the
-controller comes back soon, see `needs_another_look`). Used by the controller and by the
-`plan` and `status` commands, so what they show is what the daemon does.
+controller comes back soon, see `needs_another_look`). A domain libvirt could not read is
+`Observation.unread`: its candidates wait, without a slot, for the next resync, so that one
+unreadable domain neither blocks the others nor makes the controller plan twice a second.
+Used by the controller and by the `plan` and `status` commands, so what they show is what the
+daemon does.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def plan_reading_domains(
         if not wanted:
             break
         asked |= wanted
-        observation = observation.with_inspections(host.inspect(sorted(wanted)))
+        observation = observation.with_inspections(host.inspect(sorted(wanted)), wanted)
         current = planned(observation)
     return current, observation
 

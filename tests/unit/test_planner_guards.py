@@ -192,6 +192,16 @@ def test_a_candidate_whose_domain_was_not_read_in_full_asks_for_it_and_waits():
     assert "reading every disk of its domain" in decision(result, key("web-1")).reason
 
 
+def test_a_domain_libvirt_could_not_read_waits_without_its_slot_and_is_not_asked_again():
+    obs = Observation((domain("web-1"), domain("web-2")))
+    read = inspected(obs)
+    unread = obs.with_inspections({"web-2": read.inspections["web-2"]}, asked=("web-1", "web-2"))
+    result = run(unread, policy(max_concurrent=1))
+    assert [a.key for a in starts(result)] == [key("web-2")]
+    assert result.inspect == frozenset()
+    assert "could not read the block jobs" in decision(result, key("web-1")).reason
+
+
 def test_a_job_the_full_read_found_on_another_disk_keeps_the_domain_from_pulling():
     obs = Observation((domain("web-1", disk("vda"), disk("vdb")),))
     foreign = {"vdb": job(JobType.COMMIT)}
