@@ -20,7 +20,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from exporter.core.model import BlockJob, Disk, FileSystem, JobType, Observation, Unmeasured
+from exporter.core.model import BlockJob, Disk, FileSystem, Observation, Unmeasured
 from exporter.policy.values import MinFree
 
 
@@ -100,8 +100,3 @@ class SpaceLedger:
             SpaceCheck(m, fs.size, fs.free, self.floor(fs), self._reserved.get(m, 0))
             for m, fs in sorted(found.items())
         )
-
-
-def running_pull(disk: Disk) -> BlockJob | None:
-    job = disk.job
-    return job if job is not None and job.type is JobType.PULL else None
