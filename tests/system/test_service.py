@@ -87,6 +87,42 @@ def test_a_pull_completes_and_a_running_pull_is_adopted_across_a_restart(
         remove_domain(service.container, domain)
 
 
+def test_a_hold_by_root_stops_the_services_pull_within_a_second_and_release_resumes_it(
+    service: Service,
+) -> None:
+    # The daemon runs as its own user in the unit's sandbox (ProtectSystem=strict,
+    # PrivateUsers=yes); root places the hold in its 0700 state directory.
+    domain = "bpx-hold"
+    disk = {"domain": domain, "disk": "vda"}
+    run = service.container.run
+    try:
+        create_domain(service.container, domain, data_mib=64)  # ~16 s at 4 MiB/s
+        service.wait_metric("blockpull_jobs_started_total", lambda v: v == 1, **disk)
+        # The sandboxed daemon measures the free space of the image folder's file system.
+        assert service.sum_metric("blockpull_filesystem_free_bytes") > 0
+
+        run(f"blockpull-exporter hold --for 10m --reason 'system test' {domain}")
+        held_at = time.monotonic()
+        service.wait_metric(
+            "blockpull_jobs_aborted_total", lambda v: v == 1, timeout=5, reason="held", **disk
+        )
+        assert time.monotonic() - held_at < 3
+        assert "No current block job" in run(f"virsh blockjob {domain} vda", check=False).stdout
+        assert service.metric("blockpull_hold_expiry_timestamp_seconds", domains=domain)
+        assert "system test" in run("blockpull-exporter holds").stdout
+        assert run("stat -c %U /var/lib/blockpull-exporter/holds/holds.json").stdout.strip() == (
+            "blockpull-exporter"
+        )
+
+        run(f"blockpull-exporter release {domain}")
+
+        service.wait_metric("blockpull_jobs_started_total", lambda v: v == 2, timeout=5, **disk)
+        service.wait_metric("blockpull_jobs_completed_total", lambda v: v == 1, 60, **disk)
+    finally:
+        run(f"blockpull-exporter release {domain}", check=False)
+        remove_domain(service.container, domain)
+
+
 def test_reload_applies_a_good_policy(service: Service) -> None:
     pid = service.main_pid()
     service.write_policy(GOOD_POLICY.replace("4MiB/s", "6MiB/s"))
