@@ -38,6 +38,8 @@ NEEDS_STATE: Mapping[str, str] = {
     "Throughput per disk": "a job running",
     "Disks with failures": "a disk whose last pull failed",
     "Last reconcile age": "one successful reconcile",
+    "Free space per file system": "a disk on a local overlay that may pull",
+    "Holds in force": "a hold placed with `blockpull-exporter hold`",
 }
 
 # $name, ${name} and ${name:format}; [[name]] is deprecated and not used here.

@@ -9,12 +9,16 @@ rather than leaving those panels out:
 - a disk whose pull failed: its base is served by qemu-nbd, killed before the daemon starts,
   so every attempt fails (Disks with failures);
 - a successful reconcile (Last reconcile age);
-- a policy window (Windows: a policy without windows has no blockpull_window_active series).
+- a policy window (Windows: a policy without windows has no blockpull_window_active series);
+- a hold, on a glob that matches no domain of the test (Holds in force); the overlays are local
+  files, so their file system is measured (Free space per file system).
 The policy names only this test's domains: other suites share this libvirtd.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from dashboard_queries import NEEDS_STATE, concrete_expr, dashboard_queries
@@ -72,6 +76,8 @@ def test_every_dashboard_query_returns_data_while_pulls_run_and_one_fails(
         running_daemon_process(policy, URI, tmp_path / "daemon", PROGRESS) as daemon,
         running_prometheus([daemon.address], tmp_path / "prometheus") as prometheus,
     ):
+        hold = ["hold", "--state.dir", str(daemon.state_dir), "bpx-dashboard-no-such-domain-*"]
+        subprocess.run([sys.executable, "-m", "exporter", *hold], check=True, capture_output=True)
         daemon.wait_value(
             "blockpull_disk_consecutive_failures", at_least=1, timeout=90, key=failing
         )
