@@ -134,6 +134,8 @@ def group_uses(
     that did not start. Demand counts waiting candidates only up to the host's own slots, since
     the host budget would stop the rest anyway.
     """
+    if not groups:
+        return ()
     pulls: Counter[str] = Counter()
     bandwidth: dict[str, int | None] = {}
     for names, limit in running:
@@ -143,7 +145,8 @@ def group_uses(
             bandwidth[name] = None if before is None or limit is None else before + limit
     wanted: Counter[str] = Counter()
     for names in waiting:
-        wanted.update(names)
+        if names:  # most candidates are in no group
+            wanted.update(names)
     uses: list[GroupUse] = []
     for group in groups:
         running_here = pulls[group.name]
