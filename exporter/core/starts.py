@@ -158,9 +158,9 @@ def choose_starts(
         if short is not None:
             waiting.append(Waiting(item, DiskState.WAITING_SPACE, short))
             continue
-        refusal = groups.refusal(item.groups)
-        if not groups.start(item.groups):
-            waiting.append(Waiting(item, DiskState.PENDING, refusal, for_slot=True))
+        if not groups.start(item.groups):  # refused: nothing taken, so refusal() says why
+            why = groups.refusal(item.groups)
+            waiting.append(Waiting(item, DiskState.PENDING, why, for_slot=True))
             continue
         inspection = observation.inspections.get(domain)
         if inspection is None and domain in observation.unread:
