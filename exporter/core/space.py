@@ -47,6 +47,11 @@ def image_directory(disk: Disk) -> str | None:
     return posixpath.dirname(disk.source)
 
 
+def below_floor(fs: FileSystem, min_free: MinFree) -> bool:
+    """Something (a guest, another writer) took `fs` below min_free: running pulls there stop."""
+    return fs.free < min_free.floor(fs.size)
+
+
 def still_to_write(job: BlockJob, growth: int | None) -> int:
     """The most a running pull may still add to its top image.
 
@@ -89,7 +94,7 @@ class SpaceLedger:
         return fs.free - self._reserved.get(fs.mountpoint, 0) - self.floor(fs)
 
     def below_floor(self, fs: FileSystem) -> bool:
-        return fs.free < self.floor(fs)
+        return below_floor(fs, self._min_free)
 
     def checks(self) -> tuple[SpaceCheck, ...]:
         """Every measured file system, by mount point."""

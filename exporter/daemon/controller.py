@@ -57,7 +57,7 @@ from exporter.core.model import (
     Observation,
 )
 from exporter.core.outcomes import EVENT_GRACE_SECONDS, Outcome, OutcomeKind, settle
-from exporter.core.space import image_directory
+from exporter.core.space import below_floor, image_directory
 from exporter.daemon.histogram import HistogramAccumulator
 from exporter.daemon.hold_store import HoldStore, HoldWatch
 from exporter.daemon.outcome_counters import OutcomeCounters
@@ -542,8 +542,7 @@ class Controller:
         except HostError:
             return False  # the reconcile that follows a failed refresh says why
         return any(
-            isinstance(fs, FileSystem) and fs.free < min_free.floor(fs.size)
-            for fs in found.values()
+            isinstance(fs, FileSystem) and below_floor(fs, min_free) for fs in found.values()
         )
 
     def _sweep_jobs(self) -> bool:
