@@ -48,12 +48,11 @@ def plan_reading_domains(
         )
 
     current = planned(observation)
-    asked: set[str] = set()  # a domain the host could not read is not asked twice
     for _ in range(MAX_ROUNDS):
-        wanted = current.inspect - asked
+        # A domain asked once is read or `unread` after it: the planner never asks for it again.
+        wanted = current.inspect
         if not wanted:
             break
-        asked |= wanted
         observation = observation.with_inspections(host.inspect(sorted(wanted)), wanted)
         current = planned(observation)
     return current, observation
